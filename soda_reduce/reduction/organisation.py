@@ -1,0 +1,139 @@
+"""Data organisation (Reflex/EDPS): classify frames, then group them.
+
+A ``Frame`` is a raw file seen through a cascade: its header plus the derived
+keywords (NIGHT, BINNING, MJD...) and the category its classification gave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from soda_reduce.reduction.cascade import DataSource, TimeClustering
+from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.rules import normalise, show
+from soda_reduce.reduction.tasks import Cascade
+
+
+@dataclass(eq=False)
+class Frame:
+    raw: RawFile
+    derived: dict[str, Any]
+    category: str | None = None
+
+    def get(self, keyword: str) -> Any:
+        if keyword in self.derived:
+            return self.derived[keyword]
+        return self.raw.header.get(keyword)
+
+    @property
+    def file_id(self) -> str:
+        return self.raw.file_id
+
+    @property
+    def mjd(self) -> float | None:
+        value = self.derived.get("MJD")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def night(self) -> str | None:
+        value = self.derived.get("NIGHT")
+        return value if isinstance(value, str) else None
+
+
+def make_frame(cascade: Cascade, raw: RawFile) -> Frame:
+    derived: dict[str, Any] = {}
+    for derivation in cascade.derivations:
+        try:
+            derived[derivation.name] = derivation.compute(raw.header)
+        except Exception:  # a derivation that trips on one odd header must not stop planning
+            derived[derivation.name] = None
+    frame = Frame(raw, derived)
+    if raw.problem is None:
+        for item in cascade.classifications:
+            if item.rule.matches(frame):
+                frame.category = item.category
+                break
+    return frame
+
+
+def classify_all(cascade: Cascade, files: Iterable[RawFile]) -> list[Frame]:
+    return [make_frame(cascade, raw) for raw in files]
+
+
+def _sort_key(frame: Frame) -> tuple[float, str]:
+    mjd = frame.mjd
+    return (mjd if mjd is not None else float("inf"), frame.file_id)
+
+
+@dataclass(eq=False)
+class FrameGroup:
+    """Frames reduced together: equal grouping keywords, one time cluster."""
+
+    source: str
+    keys: tuple[tuple[str, Any], ...]
+    frames: list[Frame] = field(default_factory=list)
+    cluster: int = 0
+
+    @property
+    def group_id(self) -> str:
+        parts = [f"{k}={show(v)}" for k, v in self.keys]
+        if self.cluster:
+            parts.append(f"cluster={self.cluster}")
+        return f"{self.source}[{','.join(parts)}]"
+
+    @property
+    def label(self) -> str:
+        if len(self.keys) == 1 and self.keys[0][0] == "FILE":
+            return str(self.keys[0][1])
+        text = ", ".join(f"{k}={show(v)}" for k, v in self.keys)
+        return text + (f" #{self.cluster + 1}" if self.cluster else "")
+
+    def reference(self) -> Frame:
+        """The frame that stands for the group in associations (the middle one in time)."""
+        return self.frames[(len(self.frames) - 1) // 2]
+
+
+def group_frames(
+    source_name: str,
+    frames: Sequence[Frame],
+    keywords: tuple[str, ...],
+    clustering: TimeClustering | None,
+) -> list[FrameGroup]:
+    """Groups in a deterministic order: by keyword values, then time.
+
+    No grouping keywords means each frame is reduced on its own (one job per file).
+    """
+    if not keywords:
+        return [
+            FrameGroup(source_name, (("FILE", f.raw.path),), [f])
+            for f in sorted(frames, key=_sort_key)
+        ]
+    buckets: dict[tuple[Any, ...], FrameGroup] = {}
+    for frame in sorted(frames, key=_sort_key):
+        values = tuple(frame.get(k) for k in keywords)
+        bucket_key = tuple(normalise(v) for v in values)
+        group = buckets.get(bucket_key)
+        if group is None:
+            group = FrameGroup(source_name, tuple(zip(keywords, values, strict=True)))
+            buckets[bucket_key] = group
+        group.frames.append(frame)
+    groups = sorted(buckets.values(), key=lambda g: (_sort_key(g.frames[0]), g.group_id))
+    if clustering is None:
+        return groups
+    return [part for group in groups for part in _split_by_gap(group, clustering.max_gap_hours)]
+
+
+def _split_by_gap(group: FrameGroup, max_gap_hours: float) -> list[FrameGroup]:
+    parts = [FrameGroup(group.source, group.keys, [group.frames[0]], 0)]
+    for previous, frame in zip(group.frames, group.frames[1:], strict=False):
+        gap_ok = previous.mjd is not None and frame.mjd is not None
+        if gap_ok and (frame.mjd - previous.mjd) * 24.0 > max_gap_hours:  # type: ignore[operator]
+            parts.append(FrameGroup(group.source, group.keys, [], len(parts)))
+        parts[-1].frames.append(frame)
+    return parts
+
+
+def frames_of(source: DataSource, frames: Iterable[Frame]) -> list[Frame]:
+    return [f for f in frames if f.category == source.category and source.condition.matches(f)]

@@ -1,0 +1,366 @@
+"""Target-driven planning (EDPS): from a request to the exact steps to run.
+
+Only the target task's main inputs are selected by the request; everything
+else is pulled in by association, upstream, job by job. Each job is resolved
+once (memoised per task and group), so one bias group serving both the flat
+and the science frames becomes one job with one step key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from soda_reduce.reduction.association import Associator, Unit
+from soda_reduce.reduction.cascade import DataSource
+from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.organisation import Frame, classify_all, frames_of, group_frames
+from soda_reduce.reduction.plan import (
+    AssociationResult,
+    Dataset,
+    PlanInput,
+    PlanJob,
+    PlanRequestError,
+    ReductionPlan,
+    step_key,
+)
+from soda_reduce.reduction.rules import Rule, normalise, rule_from_mapping, show
+from soda_reduce.reduction.tasks import Cascade, MainInput, Task
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    """A static calibration from the pipeline's library."""
+
+    path: str
+    checksum: str
+    file_id: str = ""
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    target: str | None = None
+    ids: tuple[str, ...] = ()
+    where: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+def split_parameters(
+    cascade: Cascade, raw: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Typed (recipe parameters per task, workflow parameters); PlanRequestError if bad.
+
+    ``task.param`` names a recipe parameter, a bare name a workflow parameter;
+    names are case-insensitive, as IVOA parameters are.
+    """
+    per_task: dict[str, dict[str, Any]] = {}
+    workflow = {p.name: p.parse(p.default) for p in cascade.workflow_params}
+    for name, value in sorted(raw.items()):
+        if "." in name:
+            task_name, param_name = name.split(".", 1)
+            try:
+                item = cascade.task(task_name)
+            except KeyError as exc:
+                raise PlanRequestError(str(exc.args[0])) from None
+            spec = item.parameter(param_name)
+            if spec is None:
+                known = ", ".join(p.name for p in item.parameters) or "none"
+                raise PlanRequestError(
+                    f"task {item.name} has no parameter {param_name!r} (parameters: {known})"
+                )
+            key = (item.name, spec.name)
+        else:
+            spec = cascade.workflow_param(name)
+            if spec is None:
+                known = ", ".join(p.name for p in cascade.workflow_params) or "none"
+                raise PlanRequestError(f"unknown workflow parameter {name!r} (known: {known})")
+            key = (None, spec.name)
+        try:
+            typed = spec.parse(value)
+        except ValueError as exc:
+            raise PlanRequestError(f"parameter {name}: {exc}") from None
+        if key[0] is None:
+            workflow[spec.name] = typed
+        else:
+            per_task.setdefault(key[0], {})[key[1]] = typed
+    return per_task, workflow
+
+
+class Planner:
+    """One planning run over a fixed set of frames; not reusable across requests."""
+
+    def __init__(
+        self,
+        cascade: Cascade,
+        files: Iterable[RawFile],
+        static: Mapping[str, StaticFile] | None = None,
+    ) -> None:
+        self.cascade = cascade
+        self.frames = classify_all(cascade, files)
+        self.by_id = {f.file_id: f for f in self.frames}
+        self.static = dict(static or {})
+        self.workflow: dict[str, Any] = {}
+        self.overrides: dict[str, dict[str, Any]] = {}
+        self._units: dict[str, list[Unit]] = {}
+        self._jobs: dict[tuple[str, str], PlanJob] = {}
+        self._by_job_id: dict[str, PlanJob] = {}
+        self._in_progress: set[tuple[str, str]] = set()
+        self._associator = Associator(self)
+
+    # ------------------------------------------------------------------ units
+
+    def units(self, item: Task) -> list[Unit]:
+        """Every group the task could reduce in this archive (for association)."""
+        cached = self._units.get(item.name)
+        if cached is None:
+            cached = self._units_for(item, item.main, None)
+            self._units[item.name] = cached
+        return cached
+
+    def _units_for(self, item: Task, main: MainInput, selected: set[str] | None) -> list[Unit]:
+        source = main.source
+        if isinstance(source, DataSource):
+            frames = frames_of(source, self.frames)
+            groups = group_frames(source.name, frames, main.grouping, main.clustering)
+            if selected is not None:
+                groups = [g for g in groups if any(f.file_id in selected for f in g.frames)]
+            return [Unit.of_frames(g) for g in groups]
+        upstream = self._units_for(source, source.main, selected)
+        jobs = [(unit, self.resolve(source, unit)) for unit in upstream]
+        usable = [unit for unit, job in jobs if job.complete]
+        return Unit.regroup(item.name, usable, main.grouping, main.clustering)
+
+    # ------------------------------------------------------------------- jobs
+
+    def resolve(self, item: Task, unit: Unit) -> PlanJob:
+        memo_key = (item.name, unit.group_id)
+        job = self._jobs.get(memo_key)
+        if job is not None:
+            return job
+        if memo_key in self._in_progress:
+            raise RuntimeError(f"association cycle at {item.name} {unit.label}")
+        self._in_progress.add(memo_key)
+        try:
+            job = self._build_job(item, unit)
+        finally:
+            self._in_progress.discard(memo_key)
+        self._jobs[memo_key] = job
+        self._by_job_id.setdefault(job.job_id, job)
+        return job
+
+    def _build_job(self, item: Task, unit: Unit) -> PlanJob:
+        inputs: list[PlanInput] = []
+        depends: list[str] = []
+        reasons: list[str] = []
+        results: list[AssociationResult] = []
+        main = item.main
+        if unit.frames is not None:
+            category = main.source.category if isinstance(main.source, DataSource) else ""
+            members = unit.frames
+            if len(members) < main.min_count:
+                reasons.append(
+                    f"only {len(members)} {category} frame(s) for {item.name} {unit.label}; "
+                    f"at least {main.min_count} needed"
+                )
+            if main.max_count is not None and len(members) > main.max_count:
+                members = unit.closest_frames(main.max_count)
+            inputs.extend(_file_input(category, f, "main") for f in members)
+        else:
+            assert isinstance(main.source, Task)
+            upstream_task = main.source
+            members_units = unit.members or []
+            if len(members_units) < main.min_count:
+                reasons.append(
+                    f"only {len(members_units)} {upstream_task.name} product(s) for "
+                    f"{item.name} {unit.label}; at least {main.min_count} needed"
+                )
+            for member in members_units:
+                upstream_job = self.resolve(upstream_task, member)
+                depends.append(upstream_job.job_id)
+                inputs.append(PlanInput(upstream_task.products, job=upstream_job.job_id))
+        for spec in item.associated:
+            result, chosen = self._associator.associate(item, spec, unit)
+            results.append(result)
+            if result.status == "missing":
+                reasons.append(result.reason or f"no {spec.category}")
+            for choice in chosen:
+                if isinstance(choice, Frame):
+                    inputs.append(_file_input(spec.category, choice, "associated"))
+                else:
+                    depends.append(choice.job_id)
+                    inputs.append(PlanInput(spec.category, job=choice.job_id, role="associated"))
+        for static in item.static:
+            if static.condition is not None and not static.condition.holds(self.workflow):
+                continue
+            found = self.static.get(static.category)
+            if found is None:
+                if not static.optional:
+                    reasons.append(f"no static calibration {static.category} in the library")
+                continue
+            inputs.append(
+                PlanInput(
+                    static.category,
+                    file_id=found.file_id or None,
+                    path=found.path,
+                    checksum=found.checksum,
+                    role="static",
+                )
+            )
+        parameters = {p.name: p.parse(p.default) for p in item.parameters}
+        parameters.update(self.overrides.get(item.name, {}))
+        complete = not reasons
+        key = None
+        if complete:
+            keys = {j: self._by_job_id[j].step_key for j in depends}
+            material = [i.key_material(keys) for i in inputs]
+            key = step_key(item.recipe, item.recipe_version, parameters, material)
+            job_id = f"{item.name}-{key[:12]}"
+        else:
+            digest = hashlib.sha256(unit.group_id.encode()).hexdigest()[:11]
+            job_id = f"{item.name}-x{digest}"
+        return PlanJob(
+            job_id=job_id,
+            task=item.name,
+            recipe=item.recipe,
+            recipe_version=item.recipe_version,
+            group={"id": unit.group_id, **{k: _plain(v) for k, v in unit.keys}},
+            inputs=tuple(inputs),
+            parameters=parameters,
+            depends_on=tuple(dict.fromkeys(depends)),
+            associations=tuple(results),
+            complete=complete,
+            reasons=tuple(reasons),
+            step_key=key,
+            products=item.products,
+            label=f"{item.name} {unit.label}",
+            resources={
+                "cpu": item.resources.cpu,
+                "memory_mb": item.resources.memory_mb,
+                "timeout_s": item.resources.timeout_s,
+            },
+        )
+
+    # ------------------------------------------------------------------- plan
+
+    def plan(self, request: PlanRequest) -> ReductionPlan:
+        target_name = request.target or self.cascade.default_target
+        if not target_name:
+            raise PlanRequestError(f"cascade {self.cascade.name} has no default target")
+        try:
+            target = self.cascade.task(target_name)
+        except KeyError as exc:
+            raise PlanRequestError(str(exc.args[0])) from None
+        self.overrides, self.workflow = split_parameters(self.cascade, request.parameters)
+        selected = self._selection(target, request)
+        target_units = self._units_for(target, target.main, selected)
+        datasets: list[Dataset] = []
+        ordered: dict[str, PlanJob] = {}
+        for unit in target_units:
+            job = self.resolve(target, unit)
+            closure = self._closure(job)
+            for item in closure:
+                ordered.setdefault(item.job_id, item)
+            reasons = [r for j in closure for r in j.reasons]
+            levels = [a.level for j in closure for a in j.associations if a.level is not None]
+            datasets.append(
+                Dataset(
+                    target_job=job.job_id,
+                    label=job.label,
+                    jobs=tuple(j.job_id for j in closure),
+                    complete=all(j.complete for j in closure),
+                    quality_level=max(levels, default=0),
+                    reasons=tuple(dict.fromkeys(reasons)),
+                    main_inputs=tuple(unit.file_ids()),
+                )
+            )
+        return ReductionPlan(
+            cascade=self.cascade.name,
+            cascade_version=self.cascade.version,
+            target=target.name,
+            parameters={
+                f"{t}.{k}": v
+                for t, values in sorted(self.overrides.items())
+                for k, v in values.items()
+            },
+            workflow_parameters=dict(sorted(self.workflow.items())),
+            selection={"ids": sorted(request.ids), "where": dict(request.where)},
+            jobs=tuple(ordered.values()),
+            datasets=tuple(datasets),
+        )
+
+    def _closure(self, job: PlanJob) -> list[PlanJob]:
+        """The job and everything upstream of it, upstream first."""
+        by_id = self._by_job_id
+        seen: dict[str, PlanJob] = {}
+
+        def visit(current: PlanJob) -> None:
+            if current.job_id in seen:
+                return
+            for dep in current.depends_on:
+                visit(by_id[dep])
+            seen[current.job_id] = current
+
+        visit(job)
+        return list(seen.values())
+
+    def _selection(self, target: Task, request: PlanRequest) -> set[str] | None:
+        if not request.ids and not request.where:
+            return None
+        bottom = target
+        while isinstance(bottom.main.source, Task):
+            bottom = bottom.main.source
+        source = bottom.main.source
+        assert isinstance(source, DataSource)
+        chosen: set[str] = set()
+        for file_id in request.ids:
+            frame = self.by_id.get(file_id)
+            if frame is None:
+                raise PlanRequestError(f"unknown ID {file_id}")
+            if frame.raw.problem:
+                raise PlanRequestError(f"{file_id} cannot be used: {frame.raw.problem}")
+            if frame.category != source.category:
+                kind = f"a {frame.category}" if frame.category else "an unclassified"
+                raise PlanRequestError(
+                    f"{file_id} is {kind} frame; task {target.name} reduces "
+                    f"{source.category} frames"
+                )
+            chosen.add(file_id)
+        if request.where:
+            rule: Rule = rule_from_mapping(dict(request.where))
+            pool = frames_of(source, self.frames)
+            matching = {f.file_id for f in pool if rule.matches(f)}
+            chosen = matching if not request.ids else chosen & matching
+        return chosen
+
+
+def _file_input(category: str, frame: Frame, role: str) -> PlanInput:
+    return PlanInput(
+        category,
+        file_id=frame.file_id,
+        path=frame.raw.path,
+        checksum=frame.raw.checksum,
+        role=role,
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) or value is None else show(value)
+
+
+def plan_reduction(
+    cascade: Cascade,
+    files: Sequence[RawFile],
+    target: str | None = None,
+    ids: Sequence[str] = (),
+    where: Mapping[str, Any] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    static: Mapping[str, StaticFile] | None = None,
+) -> ReductionPlan:
+    """Plan one request; the single entry point the service and the CLI use."""
+    request = PlanRequest(target, tuple(ids), dict(where or {}), dict(parameters or {}))
+    return Planner(cascade, files, static).plan(request)
+
+
+__all__ = ["PlanRequest", "Planner", "StaticFile", "normalise", "plan_reduction"]

@@ -1,0 +1,341 @@
+"""Tasks, subworkflows and the cascade that holds them (EDPS vocabulary).
+
+A task runs one recipe on a main input (a data source or another task's
+products, regrouped) with associated inputs chosen by association rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+from soda_reduce.reduction.cascade import (
+    AssociationRule,
+    Classification,
+    DataSource,
+    Param,
+    TimeClustering,
+    WhenParam,
+)
+from soda_reduce.reduction.keywords import Derivation
+
+
+@dataclass(frozen=True)
+class MainInput:
+    """What a task reduces. For a task source, ``group_by`` regroups its jobs."""
+
+    source: DataSource | Task
+    group_by: tuple[str, ...] | None = None
+    clustering: TimeClustering | None = None
+    min_count: int = 1
+    max_count: int | None = None
+
+    @property
+    def grouping(self) -> tuple[str, ...]:
+        if self.group_by is not None:
+            return self.group_by
+        return self.source.group_by if isinstance(self.source, DataSource) else ()
+
+
+@dataclass(frozen=True)
+class AssociatedInput:
+    """A calibration (raw files or another task's products) chosen per main-input group."""
+
+    source: DataSource | Task
+    category: str
+    rule: AssociationRule
+    min_count: int = 1
+    max_count: int = 1
+    optional: bool = False
+    condition: WhenParam | None = None
+
+
+@dataclass(frozen=True)
+class StaticCalibration:
+    """A file not tied to an observation (bad-pixel mask, line list), from a library."""
+
+    category: str
+    optional: bool = False
+    condition: WhenParam | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one run of the recipe needs (Kubernetes requests, local scheduling)."""
+
+    cpu: float = 1.0
+    memory_mb: int = 1024
+    timeout_s: int = 3600
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    recipe: str
+    recipe_version: str
+    main: MainInput
+    products: str
+    associated: tuple[AssociatedInput, ...] = ()
+    static: tuple[StaticCalibration, ...] = ()
+    parameters: tuple[Param, ...] = ()
+    description: str = ""
+    science: bool = False
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def group_by(self) -> tuple[str, ...]:
+        return self.main.grouping
+
+    def parameter(self, name: str) -> Param | None:
+        lowered = name.lower()
+        return next((p for p in self.parameters if p.name.lower() == lowered), None)
+
+    def upstream(self) -> list[Task]:
+        """Tasks this one consumes directly, main input first."""
+        found: list[Task] = []
+        sources = [self.main.source, *(a.source for a in self.associated)]
+        for source in sources:
+            if isinstance(source, Task) and source not in found:
+                found.append(source)
+        return found
+
+
+class TaskBuilder:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._recipe = ""
+        self._version = "1"
+        self._main: MainInput | None = None
+        self._products = name.upper()
+        self._associated: list[AssociatedInput] = []
+        self._static: list[StaticCalibration] = []
+        self._params: list[Param] = []
+        self._description = ""
+        self._science = False
+        self._resources = Resources()
+
+    def recipe(self, name: str, version: str = "1") -> TaskBuilder:
+        self._recipe, self._version = name, version
+        return self
+
+    def main_input(
+        self,
+        source: DataSource | Task,
+        min: int = 1,
+        max: int | None = None,
+        group_by: Sequence[str] | None = None,
+        cluster_hours: float | None = None,
+    ) -> TaskBuilder:
+        grouping = tuple(k.upper() for k in group_by) if group_by is not None else None
+        clustering = TimeClustering(cluster_hours) if cluster_hours is not None else None
+        self._main = MainInput(source, grouping, clustering, min, max)
+        return self
+
+    def input(
+        self,
+        source: DataSource | Task,
+        category: str | None = None,
+        match: AssociationRule | None = None,
+        min: int = 1,
+        max: int = 1,
+        optional: bool = False,
+        when: WhenParam | None = None,
+    ) -> TaskBuilder:
+        rule = match or source_match(source)
+        if rule is None:
+            raise ValueError(f"task {self._name}: input {source.name} needs a match rule")
+        if category is None:
+            category = source.products if isinstance(source, Task) else source.category
+        self._associated.append(
+            AssociatedInput(source, category.upper(), rule, min, max, optional, when)
+        )
+        return self
+
+    def static(
+        self, category: str, optional: bool = False, when: WhenParam | None = None
+    ) -> TaskBuilder:
+        self._static.append(StaticCalibration(category.upper(), optional, when))
+        return self
+
+    def params(self, *specs: Param) -> TaskBuilder:
+        self._params.extend(specs)
+        return self
+
+    def products(self, category: str) -> TaskBuilder:
+        self._products = category.upper()
+        return self
+
+    def describe(self, text: str) -> TaskBuilder:
+        self._description = text
+        return self
+
+    def science(self, flag: bool = True) -> TaskBuilder:
+        self._science = flag
+        return self
+
+    def resources(
+        self, cpu: float = 1.0, memory_mb: int = 1024, timeout_s: int = 3600
+    ) -> TaskBuilder:
+        self._resources = Resources(cpu, memory_mb, timeout_s)
+        return self
+
+    def build(self) -> Task:
+        if not self._recipe:
+            raise ValueError(f"task {self._name} has no recipe")
+        if self._main is None:
+            raise ValueError(f"task {self._name} has no main input")
+        return Task(
+            self._name,
+            self._recipe,
+            self._version,
+            self._main,
+            self._products,
+            tuple(self._associated),
+            tuple(self._static),
+            tuple(self._params),
+            self._description,
+            self._science,
+            self._resources,
+        )
+
+
+def task(name: str) -> TaskBuilder:
+    return TaskBuilder(name)
+
+
+def source_match(source: DataSource | Task) -> AssociationRule | None:
+    """The association a source carries by default (a task inherits its main source's)."""
+    if isinstance(source, DataSource):
+        return source.match
+    return source_match(source.main.source)
+
+
+@dataclass(frozen=True)
+class Subworkflow:
+    """A named set of tasks, shown together; no behaviour of its own (EDPS)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Cascade:
+    name: str
+    version: str
+    tasks: tuple[Task, ...]
+    derivations: tuple[Derivation, ...] = ()
+    workflow_params: tuple[Param, ...] = ()
+    subworkflows: tuple[Subworkflow, ...] = ()
+    default_target: str = ""
+    description: str = ""
+
+    def task(self, name: str) -> Task:
+        lowered = name.strip().lower()
+        for candidate in self.tasks:
+            if candidate.name.lower() == lowered:
+                return candidate
+        known = ", ".join(t.name for t in self.tasks)
+        raise KeyError(f"no task {name!r} in cascade {self.name} (tasks: {known})")
+
+    @cached_property
+    def classifications(self) -> tuple[Classification, ...]:
+        """Every category, in the order the tasks first mention them."""
+        seen: dict[str, Classification] = {}
+        for item in self.data_sources:
+            seen.setdefault(item.category, item.classification)
+        return tuple(seen.values())
+
+    @cached_property
+    def data_sources(self) -> tuple[DataSource, ...]:
+        found: list[DataSource] = []
+        for item in self.tasks:
+            for source in [item.main.source, *(a.source for a in item.associated)]:
+                if isinstance(source, DataSource) and source not in found:
+                    found.append(source)
+        return tuple(found)
+
+    def workflow_param(self, name: str) -> Param | None:
+        lowered = name.lower()
+        return next((p for p in self.workflow_params if p.name.lower() == lowered), None)
+
+    def keywords_used(self) -> set[str]:
+        """Header keywords the derivations and rules may read (for documentation)."""
+        return {d.name for d in self.derivations}
+
+
+class CascadeBuilder:
+    def __init__(self, name: str, version: str) -> None:
+        self._cascade = Cascade(name, version, ())
+
+    def derive(self, *derivations: Derivation) -> CascadeBuilder:
+        self._cascade = replace(
+            self._cascade, derivations=self._cascade.derivations + tuple(derivations)
+        )
+        return self
+
+    def workflow_params(self, *specs: Param) -> CascadeBuilder:
+        self._cascade = replace(
+            self._cascade, workflow_params=self._cascade.workflow_params + tuple(specs)
+        )
+        return self
+
+    def tasks(self, *items: Task) -> CascadeBuilder:
+        self._cascade = replace(self._cascade, tasks=self._cascade.tasks + tuple(items))
+        return self
+
+    def subworkflow(
+        self, name: str, tasks: Iterable[Task], description: str = ""
+    ) -> CascadeBuilder:
+        entry = Subworkflow(name, tuple(t.name for t in tasks), description)
+        self._cascade = replace(self._cascade, subworkflows=(*self._cascade.subworkflows, entry))
+        return self
+
+    def default_target(self, target: Task) -> CascadeBuilder:
+        self._cascade = replace(self._cascade, default_target=target.name)
+        return self
+
+    def describe(self, text: str) -> CascadeBuilder:
+        self._cascade = replace(self._cascade, description=text)
+        return self
+
+    def build(self) -> Cascade:
+        built = self._cascade
+        names = [t.name for t in built.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cascade {built.name}: duplicate task names")
+        for item in built.tasks:
+            for upstream in item.upstream():
+                if upstream.name not in names:
+                    raise ValueError(f"task {item.name} uses {upstream.name}, not in the cascade")
+        _check_acyclic(built.tasks)
+        if built.default_target and built.default_target not in names:
+            raise ValueError(f"default target {built.default_target} is not a task")
+        return built
+
+
+def _check_acyclic(tasks: Sequence[Task]) -> None:
+    state: dict[str, int] = {}
+
+    def visit(item: Task, path: tuple[str, ...]) -> None:
+        if state.get(item.name) == 2:
+            return
+        if state.get(item.name) == 1:
+            raise ValueError(f"cycle in cascade: {' -> '.join((*path, item.name))}")
+        state[item.name] = 1
+        for upstream in item.upstream():
+            visit(upstream, (*path, item.name))
+        state[item.name] = 2
+
+    for item in tasks:
+        visit(item, ())
+
+
+def cascade(name: str, version: str = "1") -> CascadeBuilder:
+    return CascadeBuilder(name, version)
+
+
+def describe_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

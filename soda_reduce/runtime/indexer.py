@@ -1,0 +1,230 @@
+"""The indexer: keeps the ``raw_files`` collection in step with the archive on disk.
+
+A scan walks the archive, compares each file's (size, mtime_ns) with the
+index's listing (see ``Store.raw_listing``), reads only new or changed files
+(headers in worker threads, in batches, while the previous batch is written)
+and forgets files that are gone. A file that
+cannot be read is indexed anyway, with its problem and an empty header, so it
+is listed for the archive's curators and never stops a scan.
+
+Directories whose name starts with ``.`` or ``_`` are skipped: they hold
+things that are not raw data (``_truth/`` answers for tests, ``_static/``,
+``.git``, hidden caches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from soda_reduce.reduction.fits_headers import FITS_SUFFIXES, is_fits_name, read_header
+from soda_reduce.reduction.index_model import RawFile, raw_file_id
+from soda_reduce.runtime.store import RawFileState, Store
+
+CHECKSUM_MODES = ("full", "fast")
+READ_BATCH = 250  # files per worker-thread call
+READS_IN_FLIGHT = 3  # batches being read while one is written
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What a scan changed, and every file in the index that has a problem."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def total(self) -> int:
+        """Files in the index after the scan."""
+        return self.added + self.updated + self.unchanged
+
+    def summary(self) -> str:
+        return (
+            f"{self.total} files indexed ({self.added} added, {self.updated} updated, "
+            f"{self.removed} removed, {self.unchanged} unchanged), "
+            f"{len(self.problems)} with problems, in {self.duration:.2f} s"
+        )
+
+
+async def index_archive(
+    store: Store,
+    archive_root: Path,
+    authority: str,
+    checksum_mode: str = "full",
+    progress: Progress | None = None,
+    *,
+    force: bool = False,
+) -> IndexReport:
+    """Bring the index up to date with ``archive_root``; ``force`` re-reads every file.
+
+    Stored checksums are not told apart by mode: after changing
+    ``checksum_mode``, scan once with ``force=True``.
+    """
+    if checksum_mode not in CHECKSUM_MODES:
+        raise ValueError(f"checksum_mode must be one of {CHECKSUM_MODES}, not {checksum_mode!r}")
+    started = time.perf_counter()
+    root = Path(archive_root).resolve()
+    on_disk, listing = await asyncio.gather(
+        asyncio.to_thread(walk_archive, root), store.raw_listing(exact=force)
+    )
+    indexed = listing.files
+    to_read: list[tuple[str, tuple[int, int]]] = []
+    for rel, stat in on_disk.items():
+        known = indexed.get(rel)
+        if force or known is None or (known.size, known.mtime_ns) != stat:
+            to_read.append((rel, stat))
+    gone = [rel for rel in indexed if rel not in on_disk]
+
+    states, writes = await _read_and_store(store, root, to_read, authority, checksum_mode, progress)
+    if gone:
+        await store.delete_raw_files(gone)
+        writes += 1
+    after = {rel: indexed[rel] for rel in on_disk if rel in indexed} | states
+    await store.save_raw_listing(after, listing.version + writes)
+
+    updated = sum(1 for rel, _ in to_read if rel in indexed)
+    return IndexReport(
+        added=len(to_read) - updated,
+        updated=updated,
+        removed=len(gone),
+        unchanged=len(on_disk) - len(to_read),
+        problems=sorted((rel, s.problem) for rel, s in after.items() if s.problem is not None),
+        duration=time.perf_counter() - started,
+    )
+
+
+def walk_archive(root: Path) -> dict[str, tuple[int, int]]:
+    """Relative posix path -> (size, mtime_ns) of every FITS file under root, in sorted order.
+
+    Symbolic links are followed; a directory reached twice (a link loop) is walked once.
+    """
+    found: dict[str, tuple[int, int]] = {}
+    seen: set[tuple[int, int]] = set()
+
+    def visit(directory: str, prefix: str) -> None:
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return  # unreadable directory: nothing to index there
+        for entry in entries:
+            name = entry.name
+            try:
+                if entry.is_dir():
+                    if name[0] not in "._":
+                        visit(entry.path, f"{prefix}{name}/")
+                elif is_fits_name(name) and entry.is_file():
+                    st = entry.stat()
+                    found[prefix + name] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                continue  # vanished or dangling link
+
+    visit(str(root), "")
+    return found
+
+
+async def _read_and_store(
+    store: Store,
+    root: Path,
+    to_read: Sequence[tuple[str, tuple[int, int]]],
+    authority: str,
+    checksum_mode: str,
+    progress: Progress | None,
+) -> tuple[dict[str, RawFileState], int]:
+    """Read batches in worker threads, a few ahead of the bulk write of the previous one.
+
+    Returns the state of every file read and how many store writes were made.
+    """
+    states: dict[str, RawFileState] = {}
+    writes = 0
+    total, done = len(to_read), 0
+    if progress:
+        progress(0, total)
+    batches = [to_read[i : i + READ_BATCH] for i in range(0, total, READ_BATCH)]
+    pending: list[asyncio.Task[list[RawFile]]] = []
+    next_batch = 0
+    try:
+        while next_batch < len(batches) or pending:
+            while next_batch < len(batches) and len(pending) < READS_IN_FLIGHT:
+                batch = batches[next_batch]
+                pending.append(
+                    asyncio.create_task(
+                        asyncio.to_thread(read_batch, root, batch, authority, checksum_mode)
+                    )
+                )
+                next_batch += 1
+            files = await pending.pop(0)
+            await store.upsert_raw_files(files)
+            writes += 1
+            for raw in files:
+                states[raw.path] = RawFileState(raw.size, raw.mtime_ns, raw.problem)
+            done += len(files)
+            if progress:
+                progress(done, total)
+    finally:
+        for task in pending:
+            task.cancel()
+    return states, writes
+
+
+def read_batch(
+    root: Path, batch: Sequence[tuple[str, tuple[int, int]]], authority: str, checksum_mode: str
+) -> list[RawFile]:
+    return [index_file(root, rel, stat, authority, checksum_mode) for rel, stat in batch]
+
+
+def index_file(
+    root: Path, rel: str, stat: tuple[int, int], authority: str, checksum_mode: str
+) -> RawFile:
+    """One file's index record; problems are recorded, never raised."""
+    size, mtime_ns = stat
+    path = root / rel
+    read = read_header(path)
+    problem = read.problem
+    if checksum_mode == "fast":
+        checksum = fast_checksum(read.header_bytes, size, mtime_ns)
+    elif len(read.header_bytes) == size and rel.lower().endswith(FITS_SUFFIXES):
+        checksum = hashlib.sha256(read.header_bytes).hexdigest()  # header-only: already read
+    else:
+        try:
+            checksum = file_checksum(path)
+        except OSError as exc:
+            checksum, problem = "", problem or f"cannot read file: {exc}"
+    return RawFile(
+        file_id=raw_file_id(rel, authority),
+        path=rel,
+        header=read.header,
+        checksum=checksum,
+        header_checksum=hashlib.sha256(read.header_bytes).hexdigest() if read.header_bytes else "",
+        size=size,
+        mtime_ns=mtime_ns,
+        problem=problem,
+    )
+
+
+def file_checksum(path: Path) -> str:
+    """sha256 of the file's bytes: the same bytes anywhere give the same step keys."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fast_checksum(header_bytes: bytes, size: int, mtime_ns: int) -> str:
+    """Changes whenever the file does (size or mtime) without reading pixel data."""
+    digest = hashlib.sha256(header_bytes)
+    digest.update(f"\0{size}\0{mtime_ns}".encode())
+    return digest.hexdigest()

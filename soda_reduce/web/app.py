@@ -1,0 +1,117 @@
+"""The aiohttp application.
+
+Today it serves the archive's header index and reduction plans, read-only:
+the UWS job service (issue #4) and the VO endpoints (issue #5) are added here.
+Handlers stay thin: parse the request, ask the runtime, render.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from soda_reduce.reduction.graph import plan_dot
+from soda_reduce.reduction.organisation import classify_all
+from soda_reduce.reduction.plan import PlanRequestError
+from soda_reduce.reduction.planner import plan_reduction
+from soda_reduce.reduction.report import format_plan
+from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.runtime.store import Store
+
+
+@dataclass
+class ServiceState:
+    store: Store
+    cascade: Cascade
+    archive: str
+
+
+STATE = web.AppKey("state", ServiceState)
+
+
+def _one(request: web.Request, name: str) -> str | None:
+    """A single-valued parameter, name case-insensitive (as IVOA parameters are)."""
+    values = [v for k, v in request.query.items() if k.lower() == name.lower()]
+    if len(values) > 1:
+        raise web.HTTPBadRequest(text=f"parameter {name} given {len(values)} times\n")
+    return values[0] if values else None
+
+
+def _many(request: web.Request, name: str) -> list[str]:
+    return [v for k, v in request.query.items() if k.lower() == name.lower()]
+
+
+async def index_page(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    frames = classify_all(state.cascade, await state.store.all_raw_files())
+    counts = Counter(f.category or ("unreadable" if f.raw.problem else "unclassified") for f in frames)
+    problems = sorted((f.raw.path, f.raw.problem) for f in frames if f.raw.problem)
+    targets = "".join(
+        f'<option value="{html.escape(t.name)}"'
+        f'{" selected" if t.name == state.cascade.default_target else ""}>'
+        f"{html.escape(t.name)}</option>"
+        for t in state.cascade.tasks
+    )
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(counts.items()))
+    problem_rows = "".join(
+        f"<li><code>{html.escape(p)}</code>: {html.escape(why or '')}</li>" for p, why in problems
+    )
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>soda-reduce</title></head>
+<body>
+<h1>soda-reduce</h1>
+<p>Archive <code>{html.escape(state.archive)}</code>: {len(frames)} indexed files,
+pipeline <code>{html.escape(state.cascade.name)}</code>.</p>
+<table><tr><th>category</th><th>files</th></tr>{rows}</table>
+<h2>Plan a reduction</h2>
+<form action="plan" method="get">
+<label>target <select name="TARGET">{targets}</select></label>
+<label>format <select name="FORMAT"><option>text</option><option>json</option>
+<option>dot</option></select></label>
+<button type="submit">plan</button>
+</form>
+<h2>Files that could not be read</h2>
+<ul>{problem_rows or "<li>none</li>"}</ul>
+</body></html>
+"""
+    return web.Response(text=body, content_type="text/html")
+
+
+async def plan_handler(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    fmt = (_one(request, "FORMAT") or "text").lower()
+    if fmt not in ("text", "json", "dot"):
+        raise web.HTTPBadRequest(text=f"FORMAT must be text, json or dot, not {fmt!r}\n")
+    parameters = {}
+    for item in _many(request, "PARAM"):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise web.HTTPBadRequest(text=f"PARAM must be name=value, not {item!r}\n")
+        parameters[name.strip()] = value.strip()
+    files = await state.store.all_raw_files()
+    try:
+        plan = plan_reduction(
+            state.cascade,
+            files,
+            target=_one(request, "TARGET"),
+            ids=_many(request, "ID"),
+            parameters=parameters,
+        )
+    except PlanRequestError as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    if fmt == "json":
+        return web.Response(text=plan.to_json(indent=1), content_type="application/json")
+    if fmt == "dot":
+        return web.Response(text=plan_dot(plan), content_type="text/vnd.graphviz")
+    return web.Response(text=format_plan(plan), content_type="text/plain")
+
+
+def build_app(state: ServiceState) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/", index_page)
+    app.router.add_get("/plan", plan_handler)
+    return app

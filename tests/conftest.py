@@ -1,0 +1,37 @@
+"""Shared fixtures: one real SecantusDB server for the session, a fresh database per test.
+
+Store and indexer tests talk to a real server over a socket, never to a mock:
+the point is to catch what the wire, the driver and the server really do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from soda_reduce.runtime.store import EmbeddedMongo, Store
+
+
+@pytest.fixture(scope="session")
+async def mongo(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedMongo]:
+    """One embedded server for the whole session (starting one takes ~0.6 s)."""
+    server = EmbeddedMongo(tmp_path_factory.mktemp("secantus") / "db")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def store(mongo: EmbeddedMongo) -> AsyncIterator[Store]:
+    """A store on a database of its own, indexes ensured, dropped afterwards."""
+    db = Store.connect(mongo.url, f"test_{uuid.uuid4().hex[:12]}")
+    await db.ensure_indexes()
+    try:
+        yield db
+    finally:
+        await db.drop()
+        await db.close()
