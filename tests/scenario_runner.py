@@ -142,9 +142,7 @@ def check_jobs(planned: PlannedScenario, expected_jobs: list[dict[str, Any]]) ->
 
 def check_datasets(planned: PlannedScenario, expected: list[dict[str, Any]]) -> list[str]:
     problems: list[str] = []
-    by_main = {
-        tuple(sorted(_name(i) for i in d.main_inputs)): d for d in planned.plan.datasets
-    }
+    by_main = {tuple(sorted(_name(i) for i in d.main_inputs)): d for d in planned.plan.datasets}
     if len(expected) != len(planned.plan.datasets):
         problems.append(f"{len(planned.plan.datasets)} datasets, expected {len(expected)}")
     for item in expected:

@@ -28,21 +28,36 @@ def frame(name: str, **header: object) -> RawFile:
 
 
 def night_files(night: str) -> list[RawFile]:
-    files = [frame(f"{night}/b{i}.fits", IMAGETYP="BIAS", **{"DATE-OBS": f"{night}T18:0{i}:00"})
-             for i in range(3)]
-    files += [
-        frame(f"{night}/f{i}.fits", IMAGETYP="FLAT", FILTER="V", **{"DATE-OBS": f"{night}T19:0{i}:00"})
+    files = [
+        frame(f"{night}/b{i}.fits", IMAGETYP="BIAS", **{"DATE-OBS": f"{night}T18:0{i}:00"})
         for i in range(3)
     ]
-    files.append(frame(f"{night}/s.fits", IMAGETYP="OBJECT", FILTER="V", OBJECT="M67",
-                       **{"DATE-OBS": f"{night}T23:00:00"}))
+    files += [
+        frame(
+            f"{night}/f{i}.fits", IMAGETYP="FLAT", FILTER="V", **{"DATE-OBS": f"{night}T19:0{i}:00"}
+        )
+        for i in range(3)
+    ]
+    files.append(
+        frame(
+            f"{night}/s.fits",
+            IMAGETYP="OBJECT",
+            FILTER="V",
+            OBJECT="M67",
+            **{"DATE-OBS": f"{night}T23:00:00"},
+        )
+    )
     return files
 
 
-FILES = night_files("2024-01-05") + night_files("2024-01-07") + [
-    RawFile(raw_file_id("bad.fits"), "bad.fits", problem="truncated header (no END card)"),
-    frame("focus.fits", FOCUSPOS=1200),
-]
+FILES = (
+    night_files("2024-01-05")
+    + night_files("2024-01-07")
+    + [
+        RawFile(raw_file_id("bad.fits"), "bad.fits", problem="truncated header (no END card)"),
+        frame("focus.fits", FOCUSPOS=1200),
+    ]
+)
 
 
 def test_plan_round_trips_as_json() -> None:
@@ -109,9 +124,11 @@ def test_report_and_graphs(tmp_path: Path) -> None:
 
 
 def test_cascade_builder_rejects_cycles_and_unknown_tasks() -> None:
-    raw = data_source("raw", classification("X", kw("IMAGETYP").is_("x"))).match(
-        same_setup("INSTRUME")
-    ).build()
+    raw = (
+        data_source("raw", classification("X", kw("IMAGETYP").is_("x")))
+        .match(same_setup("INSTRUME"))
+        .build()
+    )
     lone = task("lone").recipe("r").main_input(raw).build()
     user = task("user").recipe("r").main_input(raw).input(lone).build()
     with pytest.raises(ValueError, match="not in the cascade"):
@@ -120,3 +137,48 @@ def test_cascade_builder_rejects_cycles_and_unknown_tasks() -> None:
         task("t").main_input(raw).build()
     built = cascade("c").tasks(lone, user).default_target(user).build()
     assert built.task("USER").name == "user"
+
+
+def test_static_calibrations_and_time_clusters() -> None:
+    arc = classification("ARC", kw("IMAGETYP").is_("arc"))
+    sci = classification("SCI", kw("IMAGETYP").is_("sci"))
+    raw_arc = (
+        data_source("raw_arc", arc)
+        .group_by("INSTRUME")
+        .cluster_in_time(2.0)
+        .match(same_setup("INSTRUME"))
+        .build()
+    )
+    raw_sci = data_source("raw_sci", sci).build()
+    wave = task("wave").recipe("x.wave").main_input(raw_arc, min=2).static("LINE_LIST").build()
+    extract = (
+        task("extract")
+        .recipe("x.extract")
+        .main_input(raw_sci)
+        .input(wave, "WAVE_SOLUTION")
+        .static("BAD_PIXELS", optional=True)
+        .build()
+    )
+    spectro = cascade("spectro").tasks(wave, extract).default_target(extract).build()
+    files = [
+        frame("a1.fits", IMAGETYP="arc", **{"DATE-OBS": "2024-01-05T18:00:00"}),
+        frame("a2.fits", IMAGETYP="arc", **{"DATE-OBS": "2024-01-05T18:30:00"}),
+        frame("a3.fits", IMAGETYP="arc", **{"DATE-OBS": "2024-01-06T04:00:00"}),
+        frame("a4.fits", IMAGETYP="arc", **{"DATE-OBS": "2024-01-06T04:10:00"}),
+        frame("s1.fits", IMAGETYP="sci", **{"DATE-OBS": "2024-01-06T03:00:00"}),
+    ]
+    from soda_reduce.reduction.planner import StaticFile
+
+    missing = plan_reduction(spectro, files, target="wave")
+    assert [d.complete for d in missing.datasets] == [False, False]  # two clusters, no line list
+    assert "no static calibration LINE_LIST" in missing.datasets[0].reasons[0]
+    library = {"LINE_LIST": StaticFile("static/lines.fits", "sha-lines")}
+    plan = plan_reduction(spectro, files, static=library)
+    (science,) = [j for j in plan.jobs if j.task == "extract"]
+    (wave_job,) = [j for j in plan.jobs if j.task == "wave"]
+    # the arc cluster one hour after the frame wins over the one nine hours before
+    assert sorted(i.path for i in wave_job.inputs if i.role == "main") == ["a3.fits", "a4.fits"]
+    assert [i.category for i in wave_job.inputs if i.role == "static"] == ["LINE_LIST"]
+    assert science.complete and not any(i.category == "BAD_PIXELS" for i in science.inputs)
+    changed = plan_reduction(spectro, files, static={"LINE_LIST": StaticFile("l", "sha-other")})
+    assert {j.task: j.step_key for j in changed.jobs} != {j.task: j.step_key for j in plan.jobs}

@@ -31,8 +31,16 @@ def test_serve_generates_demo_archive_indexes_and_plans(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SODA_REDUCE_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "soda_reduce.cli", "serve", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
+        [
+            sys.executable,
+            "-m",
+            "soda_reduce.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

@@ -124,8 +124,12 @@ def _read_gzip(path: Path) -> HeaderRead:
 
 def _read_tile_compressed(path: Path) -> HeaderRead:
     """The first CompImageHDU's image header; a plain primary header if there is none."""
-    if path.stat().st_size == 0:
+    with open(path, "rb") as f:
+        start = f.read(9)
+    if not start:
         return HeaderRead(problem="empty file")
+    if start != b"SIMPLE  =":
+        return HeaderRead(problem="not a FITS file (no SIMPLE card)")
     from astropy.io import fits
 
     try:

@@ -123,7 +123,7 @@ class Planner:
         source = main.source
         if isinstance(source, DataSource):
             frames = frames_of(source, self.frames)
-            groups = group_frames(source.name, frames, main.grouping, main.clustering)
+            groups = group_frames(source.name, frames, main.grouping, main.time_clustering)
             if selected is not None:
                 groups = [g for g in groups if any(f.file_id in selected for f in g.frames)]
             return [Unit.of_frames(g) for g in groups]

@@ -24,8 +24,7 @@ def format_plan(plan: ReductionPlan, verbose: bool = False) -> str:
     lines = [
         f"Plan: target '{plan.target}' of cascade {plan.cascade} v{plan.cascade_version}",
         f"  {len(plan.datasets)} dataset(s): {complete} complete, {incomplete} incomplete",
-        "  steps to run: "
-        + (", ".join(f"{n} {t}" for t, n in tasks.items()) if tasks else "none"),
+        "  steps to run: " + (", ".join(f"{n} {t}" for t, n in tasks.items()) if tasks else "none"),
     ]
     if plan.workflow_parameters:
         shown = ", ".join(f"{k}={_value(v)}" for k, v in plan.workflow_parameters.items())
@@ -34,7 +33,10 @@ def format_plan(plan: ReductionPlan, verbose: bool = False) -> str:
         shown = ", ".join(f"{k}={_value(v)}" for k, v in plan.parameters.items())
         lines.append(f"  recipe parameters: {shown}")
     fallbacks = [
-        (job, a) for job in plan.jobs for a in job.associations if a.level is not None and a.level > 0
+        (job, a)
+        for job in plan.jobs
+        for a in job.associations
+        if a.level is not None and a.level > 0
     ]
     lines.append(f"  associations at a fallback level: {len(fallbacks)}")
     lines.append("")

@@ -19,7 +19,7 @@ from soda_reduce.reduction.cascade import (
     TimeClustering,
     WhenParam,
 )
-from soda_reduce.reduction.keywords import Derivation
+from soda_reduce.reduction.keywords import Derivation, mjd, night
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,12 @@ class MainInput:
         if self.group_by is not None:
             return self.group_by
         return self.source.group_by if isinstance(self.source, DataSource) else ()
+
+    @property
+    def time_clustering(self) -> TimeClustering | None:
+        if self.clustering is not None:
+            return self.clustering
+        return self.source.clustering if isinstance(self.source, DataSource) else None
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,11 @@ class CascadeBuilder:
 
     def build(self) -> Cascade:
         built = self._cascade
+        declared = {d.name for d in built.derivations}
+        # association by time needs MJD and NIGHT: derive them from DATE-OBS unless declared
+        defaults = tuple(d for d in (mjd("MJD"), night("NIGHT")) if d.name not in declared)
+        if defaults:
+            built = replace(built, derivations=built.derivations + defaults)
         names = [t.name for t in built.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"cascade {built.name}: duplicate task names")

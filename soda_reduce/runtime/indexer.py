@@ -35,7 +35,11 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class IndexReport:
-    """What a scan changed, and every file in the index that has a problem."""
+    """What a scan changed, every file in the index that has a problem, and what it could not see.
+
+    Files under an ``unreadable`` directory are kept in the index as they were:
+    a transient error must not make the index forget them.
+    """
 
     added: int = 0
     updated: int = 0
@@ -43,18 +47,33 @@ class IndexReport:
     unchanged: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
     duration: float = 0.0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        """Files in the index after the scan."""
+        """Files on disk after the scan, all indexed."""
         return self.added + self.updated + self.unchanged
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.total} files indexed ({self.added} added, {self.updated} updated, "
             f"{self.removed} removed, {self.unchanged} unchanged), "
             f"{len(self.problems)} with problems, in {self.duration:.2f} s"
         )
+        if self.unreadable:
+            text += f"; {len(self.unreadable)} directories could not be listed"
+        return text
+
+
+@dataclass
+class ArchiveWalk:
+    """The FITS files found under the root, and the directories that could not be listed."""
+
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    def hidden_by_error(self, rel: str) -> bool:
+        return any(rel.startswith(prefix) for prefix in self.unreadable)
 
 
 async def index_archive(
@@ -68,30 +87,36 @@ async def index_archive(
 ) -> IndexReport:
     """Bring the index up to date with ``archive_root``; ``force`` re-reads every file.
 
-    Stored checksums are not told apart by mode: after changing
-    ``checksum_mode``, scan once with ``force=True``.
+    Raises NotADirectoryError when the root is missing (an unmounted archive
+    must not empty the index). Stored checksums are not told apart by mode:
+    after changing ``checksum_mode``, scan once with ``force=True``.
     """
     if checksum_mode not in CHECKSUM_MODES:
         raise ValueError(f"checksum_mode must be one of {CHECKSUM_MODES}, not {checksum_mode!r}")
     started = time.perf_counter()
     root = Path(archive_root).resolve()
-    on_disk, listing = await asyncio.gather(
+    if not root.is_dir():
+        raise NotADirectoryError(f"archive root {root} is not a directory")
+    walk, listing = await asyncio.gather(
         asyncio.to_thread(walk_archive, root), store.raw_listing(exact=force)
     )
-    indexed = listing.files
+    on_disk, indexed = walk.files, listing.files
     to_read: list[tuple[str, tuple[int, int]]] = []
     for rel, stat in on_disk.items():
         known = indexed.get(rel)
         if force or known is None or (known.size, known.mtime_ns) != stat:
             to_read.append((rel, stat))
-    gone = [rel for rel in indexed if rel not in on_disk]
+    kept = {rel for rel in indexed if rel not in on_disk and walk.hidden_by_error(rel)}
+    gone = [rel for rel in indexed if rel not in on_disk and rel not in kept]
 
     states, writes = await _read_and_store(store, root, to_read, authority, checksum_mode, progress)
     if gone:
         await store.delete_raw_files(gone)
         writes += 1
-    after = {rel: indexed[rel] for rel in on_disk if rel in indexed} | states
-    await store.save_raw_listing(after, listing.version + writes)
+    after = {rel: state for rel, state in indexed.items() if rel in on_disk or rel in kept}
+    after |= states
+    if writes or not listing.cached:
+        await store.save_raw_listing(after, listing.version + writes)
 
     updated = sum(1 for rel, _ in to_read if rel in indexed)
     return IndexReport(
@@ -101,15 +126,16 @@ async def index_archive(
         unchanged=len(on_disk) - len(to_read),
         problems=sorted((rel, s.problem) for rel, s in after.items() if s.problem is not None),
         duration=time.perf_counter() - started,
+        unreadable=sorted(walk.unreadable.items()),
     )
 
 
-def walk_archive(root: Path) -> dict[str, tuple[int, int]]:
-    """Relative posix path -> (size, mtime_ns) of every FITS file under root, in sorted order.
+def walk_archive(root: Path) -> ArchiveWalk:
+    """Every FITS file under root with (size, mtime_ns), by relative posix path, sorted.
 
     Symbolic links are followed; a directory reached twice (a link loop) is walked once.
     """
-    found: dict[str, tuple[int, int]] = {}
+    walk = ArchiveWalk()
     seen: set[tuple[int, int]] = set()
 
     def visit(directory: str, prefix: str) -> None:
@@ -120,8 +146,9 @@ def walk_archive(root: Path) -> dict[str, tuple[int, int]]:
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            return  # unreadable directory: nothing to index there
+        except OSError as exc:
+            walk.unreadable[prefix] = f"cannot list directory: {exc.strerror or exc}"
+            return
         for entry in entries:
             name = entry.name
             try:
@@ -130,12 +157,12 @@ def walk_archive(root: Path) -> dict[str, tuple[int, int]]:
                         visit(entry.path, f"{prefix}{name}/")
                 elif is_fits_name(name) and entry.is_file():
                     st = entry.stat()
-                    found[prefix + name] = (st.st_size, st.st_mtime_ns)
+                    walk.files[prefix + name] = (st.st_size, st.st_mtime_ns)
             except OSError:
                 continue  # vanished or dangling link
 
     visit(str(root), "")
-    return found
+    return walk
 
 
 async def _read_and_store(

@@ -47,15 +47,19 @@ def _many(request: web.Request, name: str) -> list[str]:
 async def index_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
     frames = classify_all(state.cascade, await state.store.all_raw_files())
-    counts = Counter(f.category or ("unreadable" if f.raw.problem else "unclassified") for f in frames)
+    counts = Counter(
+        f.category or ("unreadable" if f.raw.problem else "unclassified") for f in frames
+    )
     problems = sorted((f.raw.path, f.raw.problem) for f in frames if f.raw.problem)
     targets = "".join(
         f'<option value="{html.escape(t.name)}"'
-        f'{" selected" if t.name == state.cascade.default_target else ""}>'
+        f"{' selected' if t.name == state.cascade.default_target else ''}>"
         f"{html.escape(t.name)}</option>"
         for t in state.cascade.tasks
     )
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(counts.items()))
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(counts.items())
+    )
     problem_rows = "".join(
         f"<li><code>{html.escape(p)}</code>: {html.escape(why or '')}</li>" for p, why in problems
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -27,6 +28,24 @@ from pymongo.errors import PyMongoError
 EXECUTABLE = "secantusd-py"
 LOG_TAIL_BYTES = 4000
 START_ATTEMPTS = 3  # a picked port can be taken before the server binds it
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL (Linux).
+
+    Otherwise a killed service leaves the server holding the storage lock and
+    the next start fails. The signal follows the thread that forked, which is
+    the event loop's thread here.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedMongoError(RuntimeError):
@@ -139,6 +158,7 @@ class EmbeddedMongo:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.storage_path.parent,
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
                 raise EmbeddedMongoError(f"cannot run {command[0]}: {exc}") from exc

@@ -9,7 +9,9 @@ queries follow SecantusDB's costs (measured; listed in the project's docs):
 - reading a document costs ~30 us per 40-keyword header, whatever the
   projection, so a rescan does not read ``raw_files`` at all: it reads the
   *listing* (path -> size, mtime, problem) saved in a few large documents by
-  the previous scan, trusted only while no raw-file write happened since;
+  the previous scan, trusted only while no raw-file write happened since (a
+  version bumped by every write here) and ``raw_files`` was not dropped (its
+  collection UUID): write ``raw_files`` only through this class;
 - ``$in`` in ``find``/``delete`` is quadratic in the number of values (100:
   12 ms, 1,000: 0.55 s, 4,000: 8 s), so those lists go in chunks of
   ``IN_CHUNK``; ``$in`` inside an aggregate ``$match`` is linear;
@@ -154,8 +156,6 @@ class Store:
             await self.client.close()
 
     # -- raw files (the header index) ------------------------------------
-
-    # -- raw files (the header index) ------------------------------------
     #
     # Every call of upsert_raw_files / delete_raw_files with something to write
     # increases the raw-file version by exactly one, *before* writing: a saved
@@ -177,7 +177,12 @@ class Store:
         state = await self.db[RAW_LISTING].find_one({"_id": _STATE_ID}) or {}
         version = int(state.get("version", 0))
         saved = state.get("listing")
-        if not exact and saved and saved.get("version") == version:
+        if (
+            not exact
+            and saved
+            and saved.get("version") == version
+            and saved.get("collection") == await self._raw_files_uuid()
+        ):
             files = await self._load_listing(saved["generation"], int(saved["parts"]))
             if files is not None:
                 return RawListing(files, version, cached=True)
@@ -187,6 +192,12 @@ class Store:
             async for doc in cursor
         }
         return RawListing(files, version, cached=False)
+
+    async def _raw_files_uuid(self) -> Any:
+        """Changes when raw_files is dropped and recreated, which bypasses the version."""
+        cursor = await self.db.list_collections(filter={"name": RAW_FILES})
+        infos = await cursor.to_list()
+        return infos[0].get("info", {}).get("uuid") if infos else None
 
     async def _load_listing(self, generation: str, parts: int) -> dict[str, RawFileState] | None:
         prefix = generation + "/"
@@ -217,7 +228,12 @@ class Store:
                 await listing.update_one(
                     {"_id": _STATE_ID}, {"$setOnInsert": {"version": 0}}, upsert=True
                 )
-        pointer = {"generation": generation, "version": version, "parts": len(docs)}
+        pointer = {
+            "generation": generation,
+            "version": version,
+            "parts": len(docs),
+            "collection": await self._raw_files_uuid(),
+        }
         result = await listing.update_one(
             {"_id": _STATE_ID, "version": version}, {"$set": {"listing": pointer}}
         )
