@@ -1,4 +1,4 @@
-"""Command line: ``soda-reduce serve / demo-data / index / plan / cascade``.
+"""Command line: ``soda-reduce serve / demo-data / index / plan / reduce / cascade``.
 
 Every command works on embedded defaults: without ``--mongo-url`` the header
 index lives in an embedded store under ``--data-dir``.
@@ -183,6 +183,89 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reduce(settings: Settings, args: argparse.Namespace) -> int:
+    from soda_reduce.runtime.executors.local import LocalExecutor
+    from soda_reduce.runtime.indexer import index_archive
+    from soda_reduce.runtime.products import ProductStore
+    from soda_reduce.runtime.runner import PlanRunner, RunnerConfig
+    from soda_reduce.runtime.store import open_store
+
+    archive = Path(args.archive).resolve()
+    out = Path(args.out).resolve()
+    show = sys.stderr.isatty()
+    async with open_store(settings) as store:
+        await index_archive(
+            store, archive, authority=settings.authority, checksum_mode=settings.checksum_mode
+        )
+        files = await store.all_raw_files()
+        try:
+            plan = plan_reduction(
+                get_cascade(args.pipeline),
+                files,
+                target=args.target,
+                ids=args.id or (),
+                where=_parse_pairs(args.where or (), "--where"),
+                parameters=_parse_pairs(args.param or (), "--param"),
+            )
+        except PlanRequestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        skipped = [d for d in plan.datasets if not d.complete]
+        for dataset in skipped:
+            print(f"not reduced: {dataset.label}: {'; '.join(dataset.reasons)}", file=sys.stderr)
+        runnable = plan.runnable_jobs()
+        bar = tqdm(
+            total=len(runnable), desc="steps", unit="step", file=sys.stderr, disable=not show
+        )
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == "progress":
+                bar.n = event["done"] + event["failed"]
+                bar.set_postfix_str(", ".join(event["running"])[:60])
+                bar.refresh()
+
+        runner = PlanRunner(
+            store,
+            LocalExecutor(concurrency=args.jobs),
+            ProductStore(out),
+            archive,
+            config=RunnerConfig(max_attempts=args.max_attempts, rerun=args.rerun),
+            on_event=on_event,
+            pipeline=args.pipeline,
+        )
+        outcome = await runner.run(plan)
+        bar.close()
+    products = ProductStore(out)
+    results = []
+    for dataset in plan.datasets:
+        job = plan.job(dataset.target_job)
+        state = outcome.jobs.get(job.job_id)
+        entry: dict[str, Any] = {"dataset": dataset.label, "complete": dataset.complete}
+        if state is not None:
+            entry.update(status=state.status, step_key=job.step_key, error=state.error)
+            if state.status in ("done", "cached") and job.step_key:
+                entry["directory"] = str(products.step_dir(job.step_key))
+        results.append(entry)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    cached, done = outcome.count("cached"), outcome.count("done")
+    failed, skipped_jobs = outcome.count("failed"), outcome.count("skipped")
+    print(
+        f"{len(runnable)} steps in {outcome.wall_seconds:.1f} s: {done} computed, {cached} reused "
+        f"from the cache, {failed} failed, {skipped_jobs} skipped"
+    )
+    if runnable and cached == len(runnable):
+        print("all steps were cache hits: nothing was recomputed")
+    for entry in results:
+        where = entry.get("directory") or entry.get("error") or "not reduced"
+        print(f"  {entry['dataset']}: {entry.get('status', 'incomplete')}  {where}")
+    print(f"results: {out / 'results.json'}")
+    return 0 if outcome.ok else 1
+
+
+def cmd_reduce(args: argparse.Namespace) -> int:
+    return asyncio.run(_reduce(_settings(args), args))
+
+
 def cmd_cascade(args: argparse.Namespace) -> int:
     cascade = get_cascade(args.pipeline)
     dot = cascade_dot(cascade)
@@ -278,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     store_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    red = sub.add_parser("reduce", help="plan and run a reduction locally")
+    red.add_argument("--archive", required=True)
+    red.add_argument("--out", required=True, help="product directory (content-addressed)")
+    red.add_argument("--target")
+    red.add_argument("--id", action="append")
+    red.add_argument("--where", action="append")
+    red.add_argument("--param", action="append")
+    red.add_argument("--jobs", type=int, default=None, help="recipes at once (default: cores)")
+    red.add_argument("--max-attempts", type=int, default=3)
+    red.add_argument("--rerun", action="store_true", help="recompute even cached steps")
+    store_options(red)
+    red.set_defaults(func=cmd_reduce)
 
     casc = sub.add_parser("cascade", help="show a pipeline's cascade as a graph")
     casc.add_argument("--graph", help="write to a file (.dot, or .svg with Graphviz)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -25,27 +24,11 @@ from types import TracebackType
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
+from soda_reduce.runtime.process import die_with_parent
+
 EXECUTABLE = "secantusd-py"
 LOG_TAIL_BYTES = 4000
 START_ATTEMPTS = 3  # a picked port can be taken before the server binds it
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL (Linux).
-
-    Otherwise a killed service leaves the server holding the storage lock and
-    the next start fails. The signal follows the thread that forked, which is
-    the event loop's thread here.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
-
-
-PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedMongoError(RuntimeError):
@@ -158,7 +141,7 @@ class EmbeddedMongo:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.storage_path.parent,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 raise EmbeddedMongoError(f"cannot run {command[0]}: {exc}") from exc
