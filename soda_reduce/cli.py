@@ -224,17 +224,29 @@ async def _reduce(settings: Settings, args: argparse.Namespace) -> int:
                 bar.set_postfix_str(", ".join(event["running"])[:60])
                 bar.refresh()
 
+        if args.executor == "kubernetes":
+            from soda_reduce.runtime.executors.kubernetes import (
+                KubernetesConfig,
+                KubernetesExecutor,
+            )
+
+            executor: Any = KubernetesExecutor(KubernetesConfig.from_env())
+        else:
+            executor = LocalExecutor(concurrency=args.jobs)
         runner = PlanRunner(
             store,
-            LocalExecutor(concurrency=args.jobs),
+            executor,
             ProductStore(out),
             archive,
             config=RunnerConfig(max_attempts=args.max_attempts, rerun=args.rerun),
             on_event=on_event,
             pipeline=args.pipeline,
         )
-        outcome = await runner.run(plan)
-        bar.close()
+        try:
+            outcome = await runner.run(plan)
+        finally:
+            bar.close()
+            await executor.close()
     products = ProductStore(out)
     results = []
     for dataset in plan.datasets:
@@ -372,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--jobs", type=int, default=None, help="recipes at once (default: cores)")
     red.add_argument("--max-attempts", type=int, default=3)
     red.add_argument("--rerun", action="store_true", help="recompute even cached steps")
+    red.add_argument(
+        "--executor",
+        choices=("local", "kubernetes"),
+        default="local",
+        help="where recipes run (kubernetes: SODA_REDUCE_K8S_* settings, docs/runtime.md)",
+    )
     store_options(red)
     red.set_defaults(func=cmd_reduce)
 

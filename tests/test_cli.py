@@ -88,3 +88,24 @@ def test_plan_refuses_bad_parameters(demo_archive: Path, tmp_path: Path, capsys)
 def test_cascade_graph(tmp_path: Path, capsys) -> None:
     assert main(["cascade"]) == 0
     assert "digraph" in capsys.readouterr().out
+
+
+def test_reduce_twice_second_run_is_all_cache_hits(tmp_path: Path, capsys) -> None:
+    archive = tmp_path / "archive"
+    assert main(["demo-data", str(archive), "--nights", "1", "--science-per-night", "2",
+                 "--size", "64"]) == 0  # fmt: skip
+    capsys.readouterr()
+    args = ["reduce", "--archive", str(archive), "--out", str(tmp_path / "out"),
+            "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "0 reused from the cache, 0 failed" in first
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    reduced = [r for r in results if r.get("status") == "done"]
+    assert reduced and all(r["complete"] for r in reduced)
+    for entry in reduced:
+        files = {p.suffix for p in Path(entry["directory"]).iterdir()}
+        assert {".fits", ".png", ".json", ".log"} <= files
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "0 computed" in second and "all steps were cache hits" in second

@@ -32,6 +32,7 @@ EXIT_USAGE = 2  # bad command line, inputs.json, params.json or input files: nev
 MANIFEST = "products.json"
 MANIFEST_SCHEMA = "soda-reduce/products/1"
 ROLES = ("main", "associated", "static")
+ANY = "*"  # an InputSpec category that accepts inputs of any category
 
 # Packages named in every manifest; others are added when the recipe imported them.
 SOFTWARE = ("soda-reduce", "astropy", "numpy", "ccdproc")
@@ -99,20 +100,22 @@ class Recipe:
     def check_inputs(self, inputs: Sequence[RecipeInput]) -> None:
         known = {spec.category for spec in self.inputs}
         for item in inputs:
-            if item.category not in known:
+            if item.category not in known and ANY not in known:
                 raise RecipeUsageError(
                     f"{self.name} does not take {item.category} inputs "
                     f"(it takes {', '.join(sorted(known))})"
                 )
         for spec in self.inputs:
-            count = sum(1 for i in inputs if i.category == spec.category)
+            count = sum(1 for i in inputs if spec.category in (ANY, i.category))
             if count < spec.minimum:
                 raise RecipeUsageError(
-                    f"{self.name} needs at least {spec.minimum} {spec.category} input(s), got {count}"
+                    f"{self.name} needs at least {spec.minimum} {spec.category} input(s), "
+                    f"got {count}"
                 )
             if spec.maximum is not None and count > spec.maximum:
                 raise RecipeUsageError(
-                    f"{self.name} takes at most {spec.maximum} {spec.category} input(s), got {count}"
+                    f"{self.name} takes at most {spec.maximum} {spec.category} input(s), "
+                    f"got {count}"
                 )
         for item in inputs:
             if not item.path.is_file():

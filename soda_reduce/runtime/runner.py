@@ -48,7 +48,9 @@ class JobOutcome:
     error: str | None = None
     attempts: int = 0
     cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the recipe processes' own lifetimes
+    queued_seconds: float = 0.0  # waiting for an executor slot
+    total_seconds: float = 0.0  # claim to record: wall + queued + orchestration
 
 
 @dataclass
@@ -146,6 +148,7 @@ class PlanRunner:
                 job.job_id, job.task, job.step_key, "skipped", f"upstream failed: {failed}"
             )
         else:
+            began = time.monotonic()
             try:
                 outcome = await self._step(job, plan)
             except StepFailed as exc:
@@ -158,6 +161,7 @@ class PlanRunner:
                     attempts=exc.attempts,
                     cpu_seconds=exc.cpu_seconds,
                 )
+            outcome.total_seconds = time.monotonic() - began
         self._outcome.jobs[job.job_id] = outcome
         self.on_event({"type": "step", **outcome.__dict__})
         self._progress()
@@ -220,7 +224,7 @@ class PlanRunner:
     ) -> JobOutcome:
         key = job.step_key
         assert key is not None
-        cpu = wall = 0.0
+        cpu = wall = queued = 0.0
         error = "not run"
         for attempt in range(1, self.config.max_attempts + 1):
             await self.cache.record_attempt(key, attempt)
@@ -249,6 +253,7 @@ class PlanRunner:
             result = await self._execute(run, heartbeat)
             cpu += result.cpu_seconds
             wall += result.wall_seconds
+            queued += result.queued_seconds
             if result.ok:
                 try:
                     self.products.commit(key, workdir)
@@ -259,7 +264,9 @@ class PlanRunner:
                 await self.cache.finish(
                     key, {"attempts": attempt, "cpu_seconds": cpu, "wall_seconds": wall}
                 )
-                return JobOutcome(job.job_id, job.task, key, "done", None, attempt, cpu, wall)
+                return JobOutcome(
+                    job.job_id, job.task, key, "done", None, attempt, cpu, wall, queued
+                )
             error = f"{result.error} (log: {run.log_path})"
             if not result.transient or attempt == self.config.max_attempts:
                 break

@@ -50,6 +50,7 @@ class StepOutcome:
     transient: bool = False
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
+    queued_seconds: float = 0.0  # waiting for a free slot before starting
 
 
 class StepTimeout(Exception):

@@ -5,8 +5,8 @@ retried after an ambiguous failure finds its own pod (409) and follows it
 instead of starting a twin. The executor waits on a watch of that one pod,
 resuming from the last resourceVersion when the stream ends and re-listing
 when the server answers 410 Gone; it then copies the log next to the products
-and deletes the pod, whatever happened (grace 0 when cancelled). The rules for
-the Pod itself and for reading its status live in ``kubernetes_pod``.
+and deletes the pod, whatever happened (grace 0 when cancelled). The Pod itself
+is built in ``kubernetes_pod``, its status is read in ``kubernetes_status``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,124 +26,17 @@ from kubernetes.aio import config as k8s_config
 
 from soda_reduce.runtime.executors.base import StepOutcome, StepRun, recipe_argv
 from soda_reduce.runtime.executors.kubernetes_pod import (
-    CONTAINER,
-    PodJudge,
-    PodLayout,
-    PodOptions,
+    KubernetesConfig,
     build_pod,
     pod_name,
     same_attempt,
 )
+from soda_reduce.runtime.executors.kubernetes_status import CONTAINER, PodJudge
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
-ENV_PREFIX = "SODA_REDUCE_K8S_"
 # What a flaky network or an API server restart looks like from here.
 NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
-
-
-@dataclass(frozen=True)
-class KubernetesConfig:
-    """Where step pods run and what they look like; the timing knobs are for tests and tuning."""
-
-    namespace: str = "soda-reduce"
-    images: Mapping[str, str] = field(default_factory=dict)  # pipeline -> image
-    image_pull_policy: str = "IfNotPresent"
-    service_account: str | None = "soda-reduce-step"
-    archive_claim: str = "soda-reduce-archive"
-    archive_root: Path = Path("/archive")  # the archive as the worker sees it
-    archive_mount: str = "/archive"  # ... and as the pod sees it (read-only)
-    products_claim: str = "soda-reduce-products"
-    products_root: Path = Path("/products")
-    products_mount: str = "/products"
-    python: str = "python"  # the interpreter inside the pipeline image
-    labels: Mapping[str, str] = field(default_factory=dict)
-    env: Mapping[str, str] = field(default_factory=dict)
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: tuple[Mapping[str, Any], ...] = ()
-    priority_class: str | None = None
-    run_as_user: int = 10001
-    run_as_group: int = 10001
-    fs_group: int | None = 10001
-    cpu_limit: bool = True  # False: request CPU only, never throttle
-    tmp_size_mb: int = 1024
-    termination_grace_s: int = 10
-    # how to reach the API server: explicit host (plain, no auth: tests), in-cluster, or kubeconfig
-    api_host: str | None = None
-    in_cluster: bool = False
-    kubeconfig: Path | None = None
-    context: str | None = None
-    # behaviour
-    concurrency: int = 32  # pods in flight; more attempts queue here, not in the cluster
-    pull_grace_s: float = 60.0  # an image pull error must persist this long to fail a step
-    deadline_margin_s: float = 60.0  # beyond timeout_s, before we stop waiting ourselves
-    watch_timeout_s: int = 300  # one watch request; resumed from its resourceVersion after
-    request_timeout_s: float = 30.0
-    api_attempts: int = 4  # tries of each API call on 5xx, 429 or a network error
-    api_backoff_s: float = 0.5  # doubled after each failed try
-    log_limit_bytes: int = 64 * 1024 * 1024
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> KubernetesConfig:
-        """``SODA_REDUCE_K8S_*`` settings; ``..._IMAGE_<PIPELINE>`` names each pipeline's image."""
-        env = os.environ if environ is None else environ
-        get = {k[len(ENV_PREFIX) :]: v for k, v in env.items() if k.startswith(ENV_PREFIX) and v}
-        images = {k[len("IMAGE_") :].lower(): v for k, v in get.items() if k.startswith("IMAGE_")}
-        text = {
-            "NAMESPACE": "namespace",
-            "IMAGE_PULL_POLICY": "image_pull_policy",
-            "SERVICE_ACCOUNT": "service_account",
-            "ARCHIVE_CLAIM": "archive_claim",
-            "ARCHIVE_MOUNT": "archive_mount",
-            "PRODUCTS_CLAIM": "products_claim",
-            "PRODUCTS_MOUNT": "products_mount",
-            "PYTHON": "python",
-            "API_HOST": "api_host",
-            "CONTEXT": "context",
-            "PRIORITY_CLASS": "priority_class",
-        }
-        numbers = {"CONCURRENCY": "concurrency", "PULL_GRACE_S": "pull_grace_s"}
-        values: dict[str, Any] = {attr: get[k] for k, attr in text.items() if k in get}
-        for key, attr in numbers.items():
-            if key in get:
-                values[attr] = type(getattr(cls, attr))(get[key])
-        for key, attr in (("ARCHIVE_ROOT", "archive_root"), ("PRODUCTS_ROOT", "products_root")):
-            if key in get:
-                values[attr] = Path(get[key])
-        if "KUBECONFIG" in get:
-            values["kubeconfig"] = Path(get["KUBECONFIG"])
-        if "NODE_SELECTOR" in get:
-            pairs = (p.split("=", 1) for p in get["NODE_SELECTOR"].split(",") if "=" in p)
-            values["node_selector"] = {k.strip(): v.strip() for k, v in pairs}
-        values["in_cluster"] = get.get("IN_CLUSTER", "").lower() in ("1", "true", "yes")
-        return cls(images=images, **values)
-
-    def layout(self) -> PodLayout:
-        return PodLayout(
-            self.archive_claim,
-            self.archive_root,
-            self.archive_mount,
-            self.products_claim,
-            self.products_root,
-            self.products_mount,
-        )
-
-    def pod_options(self) -> PodOptions:
-        return PodOptions(
-            image_pull_policy=self.image_pull_policy,
-            service_account=self.service_account,
-            labels=self.labels,
-            env=self.env,
-            node_selector=self.node_selector,
-            tolerations=self.tolerations,
-            priority_class=self.priority_class,
-            run_as_user=self.run_as_user,
-            run_as_group=self.run_as_group,
-            fs_group=self.fs_group,
-            cpu_limit=self.cpu_limit,
-            tmp_size_mb=self.tmp_size_mb,
-            termination_grace_s=self.termination_grace_s,
-        )
 
 
 class _Unavailable(Exception):
@@ -166,8 +58,6 @@ class KubernetesExecutor:
 
     def __init__(self, config: KubernetesConfig) -> None:
         self.config = config
-        self._layout = config.layout()
-        self._options = config.pod_options()
         self._slots = asyncio.Semaphore(config.concurrency)
         self._client: k8s.ApiClient | None = None
         self._api: k8s.CoreV1Api | None = None
@@ -176,7 +66,7 @@ class KubernetesExecutor:
     # ------------------------------------------------------------ interface
 
     def container_path(self, host_path: Path) -> str:
-        return self._layout.container_path(host_path)
+        return self.config.container_path(host_path)
 
     def recipe_command(self, run: StepRun) -> list[str]:
         return recipe_argv(
@@ -190,9 +80,7 @@ class KubernetesExecutor:
     def pod_manifest(self, run: StepRun) -> dict[str, Any]:
         """The Pod this attempt would create (KeyError: no image for the pipeline)."""
         image = self.config.images[run.pipeline]
-        return build_pod(
-            run, pod_name(run), image, self.recipe_command(run), self._layout, self._options
-        )
+        return build_pod(run, pod_name(run), image, self.recipe_command(run), self.config)
 
     async def run(self, run: StepRun) -> StepOutcome:
         async with self._slots:
@@ -215,7 +103,10 @@ class KubernetesExecutor:
         except ValueError as exc:  # a path on neither volume
             return StepOutcome(False, error=str(exc))
         name = manifest["metadata"]["name"]
-        api = await self._core()
+        try:
+            api = await self._core()
+        except (k8s_config.ConfigException, OSError) as exc:  # no cluster credentials here
+            return StepOutcome(False, error=f"cannot configure the Kubernetes client: {exc}")
         grace: int | None = None
         try:
             outcome = await self._attempt(api, run, manifest, started)
@@ -276,8 +167,14 @@ class KubernetesExecutor:
         verdict = judge.update(pod, loop.time())
         failures = 0
         while verdict is None:
-            if loop.time() >= deadline:
-                return judge.overdue(limit)
+            if loop.time() >= deadline:  # a last look, for the freshest reason to give
+                try:
+                    pod = await self._call(api.read_namespaced_pod, name, self.config.namespace)
+                except k8s.ApiException as exc:
+                    if exc.status == 404:
+                        return _vanished(name)
+                    raise
+                return judge.update(self._dict(pod), loop.time()) or judge.overdue(limit)
             try:
                 verdict, version = await self._watch_once(api, name, judge, version, deadline)
                 failures = 0
@@ -291,7 +188,7 @@ class KubernetesExecutor:
                 if not listing.items:
                     return _vanished(name)
                 verdict = judge.update(self._dict(listing.items[0]), loop.time())
-            except (*NETWORK_ERRORS, k8s.ApiException) as exc:
+            except (*NETWORK_ERRORS, k8s.ApiException, json.JSONDecodeError) as exc:
                 if isinstance(exc, k8s.ApiException) and not _retryable(exc):
                     raise
                 failures += 1
@@ -321,6 +218,7 @@ class KubernetesExecutor:
                 if response.status == 410:
                     raise _Gone()
                 raise k8s.ApiException(status=response.status, reason=response.reason, body=text)
+            events = 0
             while True:
                 wake = min(deadline, judge.next_check() or deadline)
                 try:
@@ -336,7 +234,10 @@ class KubernetesExecutor:
                         return verdict, version
                     continue
                 if not line:
+                    if not events:  # an empty stream: do not hammer a server that ends them at once
+                        await asyncio.sleep(self.config.api_backoff_s)
                     return None, version  # the server ended the stream: resume from version
+                events += 1
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":

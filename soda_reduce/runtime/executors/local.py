@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -48,8 +49,11 @@ class LocalExecutor:
         )
 
     async def run(self, run: StepRun) -> StepOutcome:
+        asked = time.monotonic()
         async with self._slots:
-            return await self._run(run)
+            queued = time.monotonic() - asked
+            outcome = await self._run(run)
+        return dataclasses.replace(outcome, queued_seconds=queued)
 
     async def _run(self, run: StepRun) -> StepOutcome:
         argv = self.recipe_command(run)
