@@ -156,13 +156,10 @@ def _parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    archive = Path(args.archive).resolve()
-    files, _ = asyncio.run(_indexed_files(settings, archive, sys.stderr.isatty()))
-    cascade = get_cascade(args.pipeline)
+def _plan_from_args(cascade: Any, files: list[RawFile], args: argparse.Namespace) -> Any:
+    """The plan the command line asks for, or None (reason printed) for a bad request."""
     try:
-        plan = plan_reduction(
+        return plan_reduction(
             cascade,
             files,
             target=args.target,
@@ -172,6 +169,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     except PlanRequestError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    archive = Path(args.archive).resolve()
+    files, _ = asyncio.run(_indexed_files(settings, archive, sys.stderr.isatty()))
+    cascade = get_cascade(args.pipeline)
+    plan = _plan_from_args(cascade, files, args)
+    if plan is None:
         return 2
     if args.graph:
         written = write_graph(plan_dot(plan), Path(args.graph))
@@ -198,17 +205,8 @@ async def _reduce(settings: Settings, args: argparse.Namespace) -> int:
             store, archive, authority=settings.authority, checksum_mode=settings.checksum_mode
         )
         files = await store.all_raw_files()
-        try:
-            plan = plan_reduction(
-                get_cascade(args.pipeline),
-                files,
-                target=args.target,
-                ids=args.id or (),
-                where=_parse_pairs(args.where or (), "--where"),
-                parameters=_parse_pairs(args.param or (), "--param"),
-            )
-        except PlanRequestError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        plan = _plan_from_args(get_cascade(args.pipeline), files, args)
+        if plan is None:
             return 2
         skipped = [d for d in plan.datasets if not d.complete]
         for dataset in skipped:

@@ -37,6 +37,7 @@ class RunnerConfig:
     lease_s: float = 30.0
     poll_s: float = 0.25
     rerun: bool = False  # recompute even cached steps (a request may ask for it)
+    in_flight: int | None = None  # steps claimed at once; default: the executor's concurrency
 
 
 @dataclass
@@ -97,6 +98,10 @@ class PlanRunner:
         self.on_event = on_event or (lambda event: None)
         self.pipeline = pipeline
         self._running: set[str] = set()
+        # Claim only what can run soon: a step claimed but queued holds a lease and a
+        # heartbeat for nothing, and hundreds of simultaneous claims only load the store.
+        limit = self.config.in_flight or getattr(executor, "concurrency", None) or 4
+        self._in_flight = asyncio.Semaphore(limit)
         self._outcome = PlanOutcome()
         self._total = 0
 
@@ -148,9 +153,10 @@ class PlanRunner:
                 job.job_id, job.task, job.step_key, "skipped", f"upstream failed: {failed}"
             )
         else:
-            began = time.monotonic()
             try:
-                outcome = await self._step(job, plan)
+                async with self._in_flight:
+                    began = time.monotonic()
+                    outcome = await self._step(job, plan)
             except StepFailed as exc:
                 outcome = JobOutcome(
                     job.job_id,

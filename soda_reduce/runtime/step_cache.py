@@ -12,14 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import AutoReconnect, DuplicateKeyError, NetworkTimeout
 
 from soda_reduce.runtime.store import Store
 
+T = TypeVar("T")
+
 RUNNING, DONE, FAILED, PENDING = "running", "done", "failed", "pending"
+RETRIES = 6  # a dropped connection or a restarting store: ~6 s of patience
+
+
+async def retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """Run a store call again after a dropped connection (every call here is idempotent
+    or guarded by a compare-and-set, so repeating it is safe)."""
+    for attempt in range(RETRIES):
+        try:
+            return await call()
+        except (AutoReconnect, NetworkTimeout):
+            if attempt == RETRIES - 1:
+                raise
+            await asyncio.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,7 @@ class StepCache:
         self.poll_s = poll_s
 
     async def get(self, step_key: str) -> dict[str, Any] | None:
-        return await self.store.steps.find_one({"step_key": step_key})
+        return await retrying(lambda: self.store.steps.find_one({"step_key": step_key}))
 
     async def claim(self, step_key: str, info: dict[str, Any], rerun: bool = False) -> Claim:
         """Take the step if nobody holds a live lease on it; bounded retries on races."""
@@ -59,7 +76,7 @@ class StepCache:
                 **info,
             }
             try:
-                await self.store.steps.insert_one(fresh)
+                await retrying(lambda doc=fresh: self.store.steps.insert_one(doc))
                 return Claim("run", fresh)
             except DuplicateKeyError:
                 pass
@@ -77,23 +94,25 @@ class StepCache:
 
     async def _take_over(self, doc: dict[str, Any], info: dict[str, Any]) -> bool:
         now = time.time()
-        result = await self.store.steps.update_one(
-            {
-                "step_key": doc["step_key"],
-                "state": doc["state"],
-                "owner": doc.get("owner"),
-                "lease_until": doc.get("lease_until"),
-            },
-            {
-                "$set": {
-                    "state": RUNNING,
-                    "owner": self.owner,
-                    "lease_until": now + self.lease_s,
-                    "started": now,
-                    "error": None,
-                    **info,
-                }
-            },
+        result = await retrying(
+            lambda: self.store.steps.update_one(
+                {
+                    "step_key": doc["step_key"],
+                    "state": doc["state"],
+                    "owner": doc.get("owner"),
+                    "lease_until": doc.get("lease_until"),
+                },
+                {
+                    "$set": {
+                        "state": RUNNING,
+                        "owner": self.owner,
+                        "lease_until": now + self.lease_s,
+                        "started": now,
+                        "error": None,
+                        **info,
+                    }
+                },
+            )
         )
         return result.modified_count == 1
 
@@ -110,9 +129,11 @@ class StepCache:
         raise TimeoutError(f"step {step_key[:12]} still running elsewhere after {limit_s:.0f} s")
 
     async def renew(self, step_key: str) -> None:
-        result = await self.store.steps.update_one(
-            {"step_key": step_key, "owner": self.owner, "state": RUNNING},
-            {"$set": {"lease_until": time.time() + self.lease_s}},
+        result = await retrying(
+            lambda: self.store.steps.update_one(
+                {"step_key": step_key, "owner": self.owner, "state": RUNNING},
+                {"$set": {"lease_until": time.time() + self.lease_s}},
+            )
         )
         if result.matched_count == 0:
             raise LeaseLost(step_key)
@@ -124,29 +145,35 @@ class StepCache:
             await self.renew(step_key)
 
     async def record_attempt(self, step_key: str, attempt: int) -> None:
-        await self.store.steps.update_one(
-            {"step_key": step_key, "owner": self.owner}, {"$set": {"attempts": attempt}}
+        await retrying(
+            lambda: self.store.steps.update_one(
+                {"step_key": step_key, "owner": self.owner}, {"$set": {"attempts": attempt}}
+            )
         )
 
     async def finish(self, step_key: str, fields: dict[str, Any]) -> bool:
-        result = await self.store.steps.update_one(
-            {"step_key": step_key, "owner": self.owner, "state": RUNNING},
-            {"$set": {"state": DONE, "finished": time.time(), "lease_until": 0, **fields}},
+        result = await retrying(
+            lambda: self.store.steps.update_one(
+                {"step_key": step_key, "owner": self.owner, "state": RUNNING},
+                {"$set": {"state": DONE, "finished": time.time(), "lease_until": 0, **fields}},
+            )
         )
         return result.modified_count == 1
 
     async def fail(self, step_key: str, error: str, fields: dict[str, Any] | None = None) -> None:
-        await self.store.steps.update_one(
-            {"step_key": step_key, "owner": self.owner, "state": RUNNING},
-            {
-                "$set": {
-                    "state": FAILED,
-                    "finished": time.time(),
-                    "lease_until": 0,
-                    "error": error,
-                    **(fields or {}),
-                }
-            },
+        await retrying(
+            lambda: self.store.steps.update_one(
+                {"step_key": step_key, "owner": self.owner, "state": RUNNING},
+                {
+                    "$set": {
+                        "state": FAILED,
+                        "finished": time.time(),
+                        "lease_until": 0,
+                        "error": error,
+                        **(fields or {}),
+                    }
+                },
+            )
         )
 
     async def release(self, step_key: str) -> None:
@@ -156,9 +183,11 @@ class StepCache:
         miss is retried briefly; past that, the lease still bounds the damage.
         """
         for _ in range(5):
-            result = await self.store.steps.update_one(
-                {"step_key": step_key, "owner": self.owner, "state": RUNNING},
-                {"$set": {"state": PENDING, "lease_until": 0}},
+            result = await retrying(
+                lambda: self.store.steps.update_one(
+                    {"step_key": step_key, "owner": self.owner, "state": RUNNING},
+                    {"$set": {"state": PENDING, "lease_until": 0}},
+                )
             )
             if result.matched_count:
                 return
@@ -169,6 +198,9 @@ class StepCache:
 
     async def forget(self, step_key: str) -> None:
         """A done step whose products are gone: compute it again."""
-        await self.store.steps.update_one(
-            {"step_key": step_key, "state": DONE}, {"$set": {"state": PENDING, "lease_until": 0}}
+        await retrying(
+            lambda: self.store.steps.update_one(
+                {"step_key": step_key, "state": DONE},
+                {"$set": {"state": PENDING, "lease_until": 0}},
+            )
         )

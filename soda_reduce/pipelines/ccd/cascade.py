@@ -9,6 +9,7 @@ same night and setup, level 1 within 3 nights, level 2 anything valid.
 from __future__ import annotations
 
 from soda_reduce.reduction.cascade import (
+    Param,
     classification,
     data_source,
     param,
@@ -56,14 +57,22 @@ raw_science = data_source("raw_science", SCIENCE).build()  # one job per frame
 # -- tasks
 COMBINE = ("median", "average")
 
+
+def combining(default: str) -> tuple[Param, Param]:
+    """The two parameters of every combining recipe."""
+    return (
+        param("combine", str, default, "how frames are combined", choices=COMBINE),
+        param("sigma_clip", float, 3.0, "clipping threshold in sigma", minimum=1.0, maximum=10.0),
+    )
+
+
 bias = (
     task("bias")
     .recipe("ccd.master_bias", "1")
     .describe("Sigma-clipped combination of bias frames into a master bias.")
     .main_input(raw_bias, min=3)
     .params(
-        param("combine", str, "median", "how frames are combined", choices=COMBINE),
-        param("sigma_clip", float, 3.0, "clipping threshold in sigma", minimum=1.0, maximum=10.0),
+        *combining("median"),
     )
     .products("MASTER_BIAS")
     .resources(cpu=1, memory_mb=2048, timeout_s=1800)
@@ -76,8 +85,7 @@ dark = (
     .main_input(raw_dark, min=3)
     .input(bias, "MASTER_BIAS")
     .params(
-        param("combine", str, "median", "how frames are combined", choices=COMBINE),
-        param("sigma_clip", float, 3.0, "clipping threshold in sigma", minimum=1.0, maximum=10.0),
+        *combining("median"),
     )
     .products("MASTER_DARK")
     .resources(cpu=1, memory_mb=2048, timeout_s=1800)
@@ -91,8 +99,7 @@ flat = (
     .input(bias, "MASTER_BIAS")
     .input(dark, "MASTER_DARK", optional=True, when=when("use_dark"))
     .params(
-        param("combine", str, "median", "how frames are combined", choices=COMBINE),
-        param("sigma_clip", float, 3.0, "clipping threshold in sigma", minimum=1.0, maximum=10.0),
+        *combining("median"),
         param(
             "normalise",
             str,
@@ -128,8 +135,7 @@ stack = (
     .describe("WCS-aligned co-add of the reduced frames of one object, filter and night.")
     .main_input(science, min=2, group_by=("INSTRUME", "OBJECT", "FILTER", "NIGHT"))
     .params(
-        param("combine", str, "average", "how aligned frames are combined", choices=COMBINE),
-        param("sigma_clip", float, 3.0, "clipping threshold in sigma", minimum=1.0, maximum=10.0),
+        *combining("average"),
     )
     .products("STACKED_SCIENCE")
     .science()
