@@ -27,6 +27,15 @@ PRODUCTS = {
 }
 
 
+def host_path(path: str) -> str:
+    """Undo a pod's mount points (``FAKE_PATH_MAP="/products=/tmp/p,/archive=/tmp/a"``)."""
+    for pair in filter(None, os.environ.get("FAKE_PATH_MAP", "").split(",")):
+        mount, root = pair.split("=", 1)
+        if path == mount or path.startswith(mount + "/"):
+            return root + path[len(mount) :]
+    return path
+
+
 def ledger(line: str) -> None:
     path = os.environ.get("FAKE_LEDGER")
     if path:
@@ -46,7 +55,7 @@ def main() -> int:
     key = inputs["step_key"]
     ledger(f"start {key} {os.getpid()}")
     for item in inputs["inputs"]:
-        if item["step_key"] and not Path(item["path"]).is_file():
+        if item["step_key"] and not Path(host_path(item["path"])).is_file():
             print(f"missing upstream product {item['path']}", file=sys.stderr)
             return 2
     time.sleep(float(os.environ.get("FAKE_SLEEP", params.get("sleep", 0))))
