@@ -101,3 +101,19 @@ def test_parameters_are_typed_and_limited() -> None:
     assert param("n", int, 3).parse("7") == 7
     with pytest.raises(ValueError):
         param("n", int, 3).parse("7.5")
+
+
+def test_time_windows() -> None:
+    from soda_reduce.reduction.cascade import (
+        SAME_NIGHT,
+        UNLIMITED,
+        WITHIN_1_WEEK,
+        WITHIN_3_NIGHTS,
+        within_hours,
+    )
+
+    assert SAME_NIGHT.admits(0, 30.0) and not SAME_NIGHT.admits(1, 2.0)
+    assert WITHIN_3_NIGHTS.admits(3, None) and not WITHIN_3_NIGHTS.admits(4, None)
+    assert WITHIN_1_WEEK.admits(7, None) and not WITHIN_1_WEEK.admits(None, 1.0)
+    assert within_hours(2).admits(None, 1.5) and not within_hours(2).admits(0, 2.5)
+    assert UNLIMITED.admits(None, None)

@@ -68,11 +68,6 @@ class PlanJob:
     label: str = ""
     resources: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def worst_level(self) -> int:
-        levels = [a.level for a in self.associations if a.level is not None]
-        return max(levels, default=0)
-
 
 @dataclass(frozen=True)
 class Dataset:

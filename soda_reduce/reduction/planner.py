@@ -26,7 +26,7 @@ from soda_reduce.reduction.plan import (
     ReductionPlan,
     step_key,
 )
-from soda_reduce.reduction.rules import Rule, normalise, rule_from_mapping, show
+from soda_reduce.reduction.rules import Rule, rule_from_mapping, show
 from soda_reduce.reduction.tasks import Cascade, MainInput, Task
 
 
@@ -363,4 +363,4 @@ def plan_reduction(
     return Planner(cascade, files, static).plan(request)
 
 
-__all__ = ["PlanRequest", "Planner", "StaticFile", "normalise", "plan_reduction"]
+__all__ = ["PlanRequest", "Planner", "StaticFile", "plan_reduction"]

@@ -10,7 +10,7 @@ equals "bias frame"), because archives spell the same thing many ways.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -222,10 +222,6 @@ def kw(name: str) -> Keyword:
 
 def where(predicate: Callable[[KeywordSource], bool], description: str) -> Rule:
     return Where(predicate, description)
-
-
-def all_of(rules: Iterable[Rule]) -> Rule:
-    return AllOf(tuple(rules))
 
 
 def rule_from_mapping(selection: dict[str, Any]) -> Rule:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
 
 from soda_reduce.reduction.cascade import (
     AssociationRule,
@@ -267,10 +266,6 @@ class Cascade:
         lowered = name.lower()
         return next((p for p in self.workflow_params if p.name.lower() == lowered), None)
 
-    def keywords_used(self) -> set[str]:
-        """Header keywords the derivations and rules may read (for documentation)."""
-        return {d.name for d in self.derivations}
-
 
 class CascadeBuilder:
     def __init__(self, name: str, version: str) -> None:
@@ -346,7 +341,3 @@ def _check_acyclic(tasks: Sequence[Task]) -> None:
 
 def cascade(name: str, version: str = "1") -> CascadeBuilder:
     return CascadeBuilder(name, version)
-
-
-def describe_value(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)

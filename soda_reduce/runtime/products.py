@@ -76,6 +76,3 @@ class ProductStore:
             if str(item.get("category", "")).upper() == category.upper():
                 return self.step_dir(step_key) / item["file"]
         raise ProductError(f"step {step_key[:12]} made no {category} product")
-
-    def remove(self, step_key: str) -> None:
-        shutil.rmtree(self.step_dir(step_key), ignore_errors=True)

@@ -15,6 +15,7 @@ import numpy as np
 from soda_reduce.pipelines.ccd import cascade as ccd
 from soda_reduce.pipelines.ccd.recipes_io import (
     MASK_BITS,
+    Calibration,
     Frame,
     History,
     combine,
@@ -37,6 +38,14 @@ from soda_reduce.recipe.contract import (
 log = logging.getLogger("soda_reduce.recipe")
 
 HOT_SIGMA = 5.0  # a pixel is hot when its dark rate is this many sigma above the median
+
+
+def read_frames_and_bias(call: RecipeCall, category: str) -> tuple[list[Frame], Calibration]:
+    """The raw frames of ``category`` and the master bias they are corrected with."""
+    frames = read_frames(call, category)
+    bias = read_product(call.one("MASTER_BIAS").path)
+    same_shape("MASTER_BIAS", frames[0].data, bias.data)
+    return frames, bias
 
 
 def read_frames(call: RecipeCall, category: str) -> list[Frame]:
@@ -89,9 +98,7 @@ def master_bias(call: RecipeCall) -> None:
 
 def master_dark(call: RecipeCall) -> None:
     history = History()
-    frames = read_frames(call, "DARK")
-    bias = read_product(call.one("MASTER_BIAS").path)
-    same_shape("MASTER_BIAS", frames[0].data, bias.data)
+    frames, bias = read_frames_and_bias(call, "DARK")
     rates = []
     for frame in frames:
         t = frame.exptime
@@ -156,9 +163,7 @@ def master_dark(call: RecipeCall) -> None:
 
 def master_flat(call: RecipeCall) -> None:
     history = History()
-    frames = read_frames(call, "FLAT")
-    bias = read_product(call.one("MASTER_BIAS").path)
-    same_shape("MASTER_BIAS", frames[0].data, bias.data)
+    frames, bias = read_frames_and_bias(call, "FLAT")
     dark_input = call.maybe("MASTER_DARK")
     dark = read_product(dark_input.path) if dark_input else None
     if dark is not None:

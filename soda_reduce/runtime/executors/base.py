@@ -53,10 +53,6 @@ class StepOutcome:
     queued_seconds: float = 0.0  # waiting for a free slot before starting
 
 
-class StepTimeout(Exception):
-    """The attempt ran past its resources.timeout_s and was killed."""
-
-
 class Executor(Protocol):
     """Runs recipe commands. ``run`` must kill what it started when cancelled."""
 
