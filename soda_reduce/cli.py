@@ -1,4 +1,4 @@
-"""Command line: ``soda-reduce serve / demo-data / index / plan / reduce / cascade``.
+"""Command line: ``soda-reduce serve / api / worker / demo-data / index / plan / reduce / cascade``.
 
 Every command works on embedded defaults: without ``--mongo-url`` the header
 index lives in an embedded store under ``--data-dir``.
@@ -287,45 +287,22 @@ def cmd_cascade(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(settings: Settings, host: str, port: int, pipeline: str) -> None:
-    import signal
-
-    from aiohttp import web
-
-    from soda_reduce.pipelines.ccd.demo import generate_demo_archive
-    from soda_reduce.runtime.indexer import index_archive
-    from soda_reduce.runtime.store import open_store
-    from soda_reduce.web.app import ServiceState, build_app
-
-    archive = settings.archive_dir
-    if archive is None:
-        archive = settings.data_dir / "demo-archive"
-        if not (archive / "_truth" / "manifest.json").exists():
-            print(f"no --archive given: generating the demo archive in {archive}", flush=True)
-            await asyncio.to_thread(generate_demo_archive, archive)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with open_store(settings) as store:
-        report = await index_archive(
-            store, archive, authority=settings.authority, checksum_mode=settings.checksum_mode
-        )
-        print(f"archive {archive}: {report.summary()}", flush=True)
-        app = build_app(ServiceState(store, get_cascade(pipeline), str(archive)))
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        print(f"soda-reduce serving on http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    asyncio.run(_serve(_settings(args), args.host, args.port, args.pipeline))
-    return 0
+    from soda_reduce import cli_service
+
+    return cli_service.main(_settings(args), args, api=True, worker=True, generate_demo=True)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from soda_reduce import cli_service
+
+    return cli_service.main(_settings(args), args, api=True, worker=False, generate_demo=False)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from soda_reduce import cli_service
+
+    return cli_service.main(_settings(args), args, api=False, worker=True, generate_demo=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     store_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    api = sub.add_parser("api", help="run the UWS API (production: MongoDB + RabbitMQ)")
+    api.add_argument("--archive", help="archive root (default: SODA_REDUCE_ARCHIVE)")
+    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--port", type=int, default=8080)
+    store_options(api)
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="run plans from the queue (production)")
+    worker.add_argument("--archive", help="archive root (default: SODA_REDUCE_ARCHIVE)")
+    store_options(worker)
+    worker.set_defaults(func=cmd_worker)
 
     red = sub.add_parser("reduce", help="plan and run a reduction locally")
     red.add_argument("--archive", required=True)

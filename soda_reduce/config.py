@@ -20,6 +20,10 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value).resolve() if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the service needs to know; immutable, passed down explicitly."""
@@ -30,6 +34,27 @@ class Settings:
     database: str = "soda_reduce"
     authority: str = DEFAULT_AUTHORITY
     checksum_mode: str = "full"
+    # queue and execution: no AMQP URL means the in-process queue (embedded mode)
+    amqp_url: str | None = None
+    executor: str = "local"  # local | kubernetes
+    products_dir: Path | None = None  # default: data_dir / "products"
+    worker_jobs: int = 2  # plans a worker runs at once (the RabbitMQ prefetch)
+    # the UWS service
+    base_url: str | None = None  # public URL of the service root; default: from the request
+    trusted_header: str | None = None  # e.g. X-Remote-User, set by an authenticating proxy
+    tokens_file: Path | None = None  # lines "TOKEN OWNER": bearer tokens
+    allow_anonymous: bool = True
+    wait_cap_s: float = 30.0
+    execution_duration_s: int = 4 * 3600  # default executionDuration (0: unlimited)
+    max_execution_duration_s: int = 24 * 3600
+    destruction_days: float = 7.0
+    max_destruction_days: float = 30.0
+    step_cache_bytes: int = 20 * 1024**3  # unreferenced steps are collected beyond this
+    sweep_s: float = 5.0
+
+    @property
+    def products_root(self) -> Path:
+        return self.products_dir or self.data_dir / "products"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -41,6 +66,21 @@ class Settings:
             database=_env("DATABASE", "soda_reduce") or "soda_reduce",
             authority=_env("AUTHORITY", DEFAULT_AUTHORITY) or DEFAULT_AUTHORITY,
             checksum_mode=_env("CHECKSUM", "full") or "full",
+            amqp_url=_env("AMQP_URL"),
+            executor=_env("EXECUTOR", "local") or "local",
+            products_dir=_path(_env("PRODUCTS")),
+            worker_jobs=int(_env("WORKER_JOBS", "2") or 2),
+            base_url=_env("BASE_URL"),
+            trusted_header=_env("TRUSTED_HEADER"),
+            tokens_file=_path(_env("TOKENS_FILE")),
+            allow_anonymous=(_env("ANONYMOUS", "true") or "true").lower() in ("1", "true", "yes"),
+            wait_cap_s=float(_env("WAIT_CAP_S", "30") or 30),
+            execution_duration_s=int(_env("EXECUTION_DURATION_S", str(4 * 3600)) or 0),
+            max_execution_duration_s=int(_env("MAX_EXECUTION_DURATION_S", str(24 * 3600)) or 0),
+            destruction_days=float(_env("DESTRUCTION_DAYS", "7") or 7),
+            max_destruction_days=float(_env("MAX_DESTRUCTION_DAYS", "30") or 30),
+            step_cache_bytes=int(_env("STEP_CACHE_BYTES", str(20 * 1024**3)) or 0),
+            sweep_s=float(_env("SWEEP_S", "5") or 5),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -35,3 +35,13 @@ async def store(mongo: EmbeddedMongo) -> AsyncIterator[Store]:
     finally:
         await db.drop()
         await db.close()
+
+
+@pytest.fixture(scope="session")
+def demo_archive(tmp_path_factory: pytest.TempPathFactory):
+    """A small demo archive shared by the service tests (read-only for them)."""
+    from soda_reduce.pipelines.ccd.demo import generate_demo_archive
+
+    root = tmp_path_factory.mktemp("demo") / "archive"
+    generate_demo_archive(root, nights=3, science_per_night=2, size=64)
+    return root

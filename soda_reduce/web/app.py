@@ -1,8 +1,7 @@
-"""The aiohttp application.
+"""The aiohttp application: the UWS job service, product files, and the preview pages.
 
-Today it serves the archive's header index and reduction plans, read-only:
-the UWS job service (issue #4) and the VO endpoints (issue #5) are added here.
-Handlers stay thin: parse the request, ask the runtime, render.
+Handlers stay thin: parse the request, ask the runtime, render. The VO
+discovery endpoints (DataLink, VOSI, SODA sync) are added here by issue #5.
 """
 
 from __future__ import annotations
@@ -20,6 +19,9 @@ from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.reduction.report import format_plan
 from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.store import Store
+from soda_reduce.web import products, uws
+from soda_reduce.web.context import SERVICES, Services
+from soda_reduce.web.middleware import AuthConfig, auth_middleware, error_middleware
 
 
 @dataclass
@@ -113,9 +115,21 @@ async def plan_handler(request: web.Request) -> web.Response:
     return web.Response(text=format_plan(plan), content_type="text/plain")
 
 
-def build_app(state: ServiceState) -> web.Application:
-    app = web.Application()
+def build_app(
+    state: ServiceState,
+    services: Services | None = None,
+    auth: AuthConfig | None = None,
+) -> web.Application:
+    """The whole service; without ``services`` only the read-only preview pages."""
+    middlewares = [error_middleware]
+    if services is not None:
+        middlewares.insert(0, auth_middleware(auth or AuthConfig()))
+    app = web.Application(middlewares=middlewares)
     app[STATE] = state
     app.router.add_get("/", index_page)
     app.router.add_get("/plan", plan_handler)
+    if services is not None:
+        app[SERVICES] = services
+        uws.add_routes(app)
+        products.add_routes(app)
     return app

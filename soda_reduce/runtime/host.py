@@ -1,0 +1,130 @@
+"""Assemble the runtime from settings: queue, events, job service, worker, sweeper.
+
+One function serves the three shapes of the service: ``serve`` (API + worker
+in one process, in-process queue), ``api`` (no worker) and ``worker`` (no
+API). Only the queue and event implementations differ between embedded mode
+and production; the job, worker and sweeper code is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from soda_reduce.config import Settings
+from soda_reduce.pipelines import get_cascade
+from soda_reduce.runtime.broker import InProcessQueue, PlanQueue, RabbitPlanQueue
+from soda_reduce.runtime.events import JobEvents, RabbitJobEvents
+from soda_reduce.runtime.products import ProductStore
+from soda_reduce.runtime.runner import RunnerConfig
+from soda_reduce.runtime.service import JobService, Limits
+from soda_reduce.runtime.store import Store
+from soda_reduce.runtime.sweeper import Sweeper
+from soda_reduce.runtime.worker import Worker, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    queue: PlanQueue
+    events: JobEvents
+    service: JobService
+    products: ProductStore
+    sweeper: Sweeper
+    worker: Worker | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def make_executor(settings: Settings, concurrency: int | None = None) -> Any:
+    if settings.executor == "kubernetes":
+        from soda_reduce.runtime.executors.kubernetes import KubernetesConfig, KubernetesExecutor
+
+        return KubernetesExecutor(KubernetesConfig.from_env())
+    from soda_reduce.runtime.executors.local import LocalExecutor
+
+    return LocalExecutor(concurrency=concurrency)
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    store: Store,
+    archive_root: Path,
+    *,
+    pipeline: str = "ccd",
+    worker: bool,
+    sweeper: bool,
+    worker_config: WorkerConfig | None = None,
+    executor: Any = None,
+) -> AsyncIterator[Runtime]:
+    """Start what this process runs; everything is stopped when the block ends."""
+    if settings.amqp_url:
+        queue: PlanQueue = RabbitPlanQueue(settings.amqp_url)
+        events: JobEvents = RabbitJobEvents(settings.amqp_url)
+    else:
+        queue, events = InProcessQueue(), JobEvents()
+    await queue.start()
+    await events.start()
+    cascade = get_cascade(pipeline)
+    products = ProductStore(settings.products_root)
+    limits = Limits(
+        execution_duration_s=settings.execution_duration_s,
+        max_execution_duration_s=settings.max_execution_duration_s,
+        destruction=timedelta(days=settings.destruction_days),
+        max_destruction=timedelta(days=settings.max_destruction_days),
+        concurrency=os.cpu_count() or 2,
+    )
+    service = JobService(store, cascade, queue, events, limits)
+    runtime = Runtime(
+        settings,
+        store,
+        queue,
+        events,
+        service,
+        products,
+        Sweeper(service, products, cache_bytes=settings.step_cache_bytes),
+    )
+    own_executor = False
+    try:
+        if sweeper:
+            runtime.tasks.append(asyncio.create_task(runtime.sweeper.run(settings.sweep_s)))
+        if worker:
+            if executor is None:
+                executor = make_executor(settings)
+                own_executor = True
+            config = worker_config or WorkerConfig(runner=RunnerConfig())
+            runtime.worker = Worker(
+                store,
+                queue,
+                events,
+                executor,
+                products,
+                archive_root,
+                pipeline=pipeline,
+                config=config,
+                prefetch=settings.worker_jobs,
+            )
+            runtime.tasks.append(asyncio.create_task(runtime.worker.run()))
+        yield runtime
+    finally:
+        for task in runtime.tasks:
+            task.cancel()
+        for task in runtime.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if own_executor:
+            with contextlib.suppress(Exception):
+                await executor.close()
+        await events.close()
+        await queue.close()

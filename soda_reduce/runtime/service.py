@@ -1,0 +1,375 @@
+"""The job service: what the UWS handlers ask for, in runtime terms.
+
+create -> PENDING; run -> plan (pure), store the plan with the job and go
+QUEUED in one compare-and-set, then publish (outbox: the sweeper re-publishes
+what the broker never confirmed); abort / delete -> a phase change plus an
+event that the worker holding the job obeys at once.
+
+Errors are raised as DALI errors (the vo layer's taxonomy), so the web layer
+only renders them.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
+from soda_reduce.reduction.planner import plan_reduction, split_parameters
+from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.runtime.broker import BrokerUnavailable, PlanQueue
+from soda_reduce.runtime.events import JobEvents
+from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
+from soda_reduce.runtime.store import Store
+from soda_reduce.vo.dali import ForbiddenError, NotFoundError, UsageError
+from soda_reduce.vo.uws import (
+    ACTIVE,
+    FINAL,
+    Phase,
+    parse_destruction,
+    parse_execution_duration,
+    parse_phase_request,
+)
+
+log = logging.getLogger(__name__)
+
+# UWS control parameters: never job parameters
+CONTROL = frozenset({"PHASE", "EXECUTIONDURATION", "DESTRUCTION", "ACTION"})
+# single-valued job parameters of ours; ID is the only repeatable one
+SINGLE = frozenset({"TARGET", "RUNID", "REQUEST", "RESPONSEFORMAT"})
+DEFAULT_STEP_S = 30.0  # quote for a recipe never run here before
+
+
+@dataclass(frozen=True)
+class Limits:
+    execution_duration_s: int = 4 * 3600
+    max_execution_duration_s: int = 24 * 3600
+    destruction: timedelta = timedelta(days=7)
+    max_destruction: timedelta = timedelta(days=30)
+    concurrency: int = 2  # recipes at once, for the quote
+
+
+@dataclass(frozen=True)
+class ReductionRequest:
+    """The job parameters the planner understands, validated."""
+
+    ids: tuple[str, ...]
+    target: str | None
+    parameters: dict[str, str]  # task.param and workflow parameters, as given
+
+
+def _grouped(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name.upper(), []).append(value)
+    return grouped
+
+
+class JobService:
+    def __init__(
+        self,
+        store: Store,
+        cascade: Cascade,
+        queue: PlanQueue,
+        events: JobEvents,
+        limits: Limits | None = None,
+    ) -> None:
+        self.store = store
+        self.jobs = JobStore(store)
+        self.cascade = cascade
+        self.queue = queue
+        self.events = events
+        self.limits = limits or Limits()
+        self._files: tuple[int, list[RawFile]] | None = None
+
+    # ------------------------------------------------------------ parameters
+
+    def reduction_request(self, pairs: Sequence[tuple[str, str]]) -> ReductionRequest:
+        """Check the job parameters; UsageError with the reason if malformed.
+
+        Names are case-insensitive. Unknown bare names are kept and ignored, as DALI
+        asks of services; ``task.param`` names must name a real task parameter.
+        """
+        grouped = _grouped(pairs)
+        for name in SINGLE:
+            if len(grouped.get(name, [])) > 1:
+                raise UsageError(f"parameter {name} given {len(grouped[name])} times")
+        target = (grouped.get("TARGET") or [None])[0]
+        if target is not None:
+            try:
+                target = self.cascade.task(target.strip()).name
+            except KeyError:
+                names = ", ".join(t.name for t in self.cascade.tasks)
+                raise UsageError(f"unknown TARGET {target!r} (tasks: {names})") from None
+        ids: list[str] = []
+        for value in grouped.get("ID", []):
+            ids.extend(v for v in value.split() if v)  # one ID per value; spaces never occur
+        workflow = {p.name.upper(): p.name for p in self.cascade.workflow_params}
+        recipe: dict[str, str] = {}
+        for name, value in pairs:
+            upper = name.upper()
+            if "." in name or upper in workflow:
+                key = name.lower() if "." in name else workflow[upper]
+                if key in recipe and recipe[key] != value:
+                    raise UsageError(f"parameter {name} given more than once")
+                recipe[key] = value
+        try:
+            split_parameters(self.cascade, recipe)
+        except PlanRequestError as exc:
+            raise UsageError(str(exc)) from None
+        return ReductionRequest(tuple(dict.fromkeys(ids)), target, recipe)
+
+    async def check_ids(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        found = {raw.file_id for raw in await self.store.raw_files_by_id(ids)}
+        unknown = [i for i in ids if i not in found]
+        if unknown:
+            raise UsageError(f"unknown ID {unknown[0]!r}: not a raw file of this archive")
+
+    def control_values(
+        self, grouped: Mapping[str, list[str]]
+    ) -> tuple[int | None, datetime | None, Phase | None]:
+        """EXECUTIONDURATION, DESTRUCTION and PHASE from a request, each at most once."""
+        for name in ("EXECUTIONDURATION", "DESTRUCTION", "PHASE", "RUNID"):
+            if len(grouped.get(name, [])) > 1:
+                raise UsageError(f"parameter {name} given {len(grouped[name])} times")
+        try:
+            duration = (
+                parse_execution_duration(grouped["EXECUTIONDURATION"][0])
+                if "EXECUTIONDURATION" in grouped
+                else None
+            )
+            destruction = (
+                parse_destruction(grouped["DESTRUCTION"][0]) if "DESTRUCTION" in grouped else None
+            )
+            phase = parse_phase_request(grouped["PHASE"][0]) if "PHASE" in grouped else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return duration, destruction, phase
+
+    def clamp_duration(self, seconds: int | None) -> int:
+        """The server may lower a requested executionDuration to its maximum (UWS 1.1 2.2.3.4)."""
+        top = self.limits.max_execution_duration_s
+        if seconds is None:
+            return self.limits.execution_duration_s
+        if top and (seconds == 0 or seconds > top):
+            return top
+        return seconds
+
+    def clamp_destruction(self, when: datetime | None) -> datetime:
+        now = utcnow()
+        if when is None:
+            return now + self.limits.destruction
+        return min(max(when, now), now + self.limits.max_destruction)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def create(self, owner: str | None, pairs: Sequence[tuple[str, str]]) -> JobRecord:
+        grouped = _grouped(pairs)
+        duration, destruction, phase = self.control_values(grouped)
+        if phase not in (None, Phase.QUEUED):
+            raise UsageError("PHASE at creation may only be RUN")
+        params = [(n, v) for n, v in pairs if n.upper() not in CONTROL]
+        request = self.reduction_request(params)
+        await self.check_ids(request.ids)
+        job = await self.jobs.create(
+            owner,
+            [(n if "." in n else n.upper(), v) for n, v in params if n.upper() != "RUNID"],
+            run_id=(grouped.get("RUNID") or [None])[0],
+            execution_duration=self.clamp_duration(duration),
+            destruction=self.clamp_destruction(destruction),
+        )
+        if phase == Phase.QUEUED:
+            job = await self.run(job)
+        return job
+
+    async def get(self, job_id: str, owner: str | None) -> JobRecord:
+        job = await self.jobs.get(job_id, owner)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        return job
+
+    async def set_parameters(self, job: JobRecord, pairs: Sequence[tuple[str, str]]) -> JobRecord:
+        """POST to {job}/parameters: replace values by name, only while PENDING."""
+        if job.phase != Phase.PENDING:
+            raise ForbiddenError(f"parameters cannot change in phase {job.phase.value}")
+        grouped = _grouped(pairs)
+        duration, destruction, phase = self.control_values(grouped)
+        new = [(n if "." in n else n.upper(), v) for n, v in pairs if n.upper() not in CONTROL]
+        replaced = {n.upper() for n, _ in new}
+        merged = [(n, v) for n, v in job.parameters if n.upper() not in replaced] + [
+            (n, v) for n, v in new if n.upper() != "RUNID"
+        ]
+        request = self.reduction_request(merged)
+        await self.check_ids(request.ids)
+        changes: dict[str, Any] = {"parameters": [[n, v] for n, v in merged]}
+        if "RUNID" in grouped:
+            changes["run_id"] = grouped["RUNID"][0]
+        if duration is not None:
+            changes["execution_duration"] = self.clamp_duration(duration)
+        if destruction is not None:
+            changes["destruction"] = self.clamp_destruction(destruction)
+        if not await self.jobs.update_if(job.job_id, {"phase": Phase.PENDING.value}, changes):
+            raise ForbiddenError("the job left PENDING while its parameters were being changed")
+        job = await self.get(job.job_id, job.owner)
+        if phase == Phase.QUEUED:
+            job = await self.run(job)
+        return job
+
+    async def set_execution_duration(self, job: JobRecord, seconds: int) -> None:
+        if job.phase not in (Phase.PENDING, Phase.HELD):
+            raise ForbiddenError(f"executionDuration cannot change in phase {job.phase.value}")
+        await self.jobs.update_if(
+            job.job_id,
+            {"phase": job.phase.value},
+            {"execution_duration": self.clamp_duration(seconds)},
+        )
+
+    async def set_destruction(self, job: JobRecord, when: datetime) -> None:
+        await self.jobs.update_if(
+            job.job_id, {"phase": job.phase.value}, {"destruction": self.clamp_destruction(when)}
+        )
+
+    async def change_phase(self, job: JobRecord, target: Phase) -> JobRecord:
+        if target == Phase.QUEUED:
+            if job.phase in (Phase.QUEUED, Phase.EXECUTING):
+                return job  # RUN again is harmless: retries are safe
+            if job.phase not in (Phase.PENDING, Phase.HELD):
+                raise ForbiddenError(f"cannot run a job in phase {job.phase.value}")
+            return await self.run(job)
+        if target == Phase.ABORTED:
+            if job.phase in FINAL:
+                if job.phase == Phase.ABORTED:
+                    return job
+                raise ForbiddenError(f"cannot abort a job in phase {job.phase.value}")
+            await self.abort(job.job_id, "aborted at the owner's request")
+            return await self.get(job.job_id, job.owner)
+        raise ForbiddenError(f"PHASE must be RUN or ABORT, not {target.value}")
+
+    async def abort(self, job_id: str, message: str | None = None, *, error: bool = True) -> bool:
+        """Any active job -> ABORTED; the message becomes its errorSummary (pyvo shows it)."""
+        changes: dict[str, Any] = {}
+        if message:
+            changes["abort_reason"] = message
+            if error:
+                changes["error"] = {"message": message, "type": "fatal"}
+        won = await self.jobs.transition(
+            job_id,
+            Phase.ABORTED,
+            expect=(*ACTIVE, Phase.HELD, Phase.SUSPENDED),
+            changes=changes,
+        )
+        if won:
+            await self.events.publish(job_id, Phase.ABORTED.value)
+        return won
+
+    async def delete(self, job_id: str, owner: str | None) -> None:
+        job = await self.jobs.delete(job_id, owner)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        # a worker running it stops at once (it also sees the document gone)
+        await self.events.publish(job_id, "DELETED")
+
+    # ------------------------------------------------------------ running
+
+    async def raw_files(self) -> list[RawFile]:
+        """The header index, cached while its version does not change."""
+        version = await self.store.raw_files_version()
+        if self._files is None or self._files[0] != version:
+            self._files = (version, await self.store.all_raw_files())
+        return self._files[1]
+
+    async def plan(self, job: JobRecord) -> ReductionPlan:
+        request = self.reduction_request(job.parameters)
+        if not request.ids:
+            raise PlanRequestError("no ID given: name at least one raw file to reduce")
+        return plan_reduction(
+            self.cascade,
+            await self.raw_files(),
+            target=request.target,
+            ids=request.ids,
+            parameters=request.parameters,
+        )
+
+    async def run(self, job: JobRecord) -> JobRecord:
+        """PENDING -> QUEUED with the plan stored, then publish; or ERROR with the reason."""
+        try:
+            plan = await self.plan(job)
+            if not plan.complete:
+                reasons = [f"{d.label}: {'; '.join(d.reasons)}" for d in plan.datasets]
+                if not plan.datasets:
+                    reasons = ["nothing to reduce for this selection"]
+                raise PlanRequestError("cannot be reduced: " + " | ".join(reasons))
+        except (PlanRequestError, UsageError) as exc:
+            await self.jobs.transition(
+                job.job_id,
+                Phase.ERROR,
+                expect=(Phase.PENDING, Phase.HELD),
+                changes={"error": {"message": str(exc), "type": "fatal"}},
+            )
+            await self.events.publish(job.job_id, Phase.ERROR.value)
+            return await self.get(job.job_id, job.owner)
+        now = utcnow()
+        won = await self.jobs.transition(
+            job.job_id,
+            Phase.QUEUED,
+            expect=(Phase.PENDING, Phase.HELD),
+            changes={
+                "plan": plan.to_dict(),
+                "queued_time": now,
+                "published": False,
+                "quote": now + timedelta(seconds=await self.estimate_seconds(plan)),
+                "progress": {"done": 0, "failed": 0, "total": len(plan.runnable_jobs())},
+            },
+        )
+        if won:
+            await self.events.publish(job.job_id, Phase.QUEUED.value)
+            await self.publish(job.job_id)
+        return await self.get(job.job_id, job.owner)
+
+    async def publish(self, job_id: str) -> bool:
+        """Hand the job to the broker; mark it published once confirmed (the outbox)."""
+        try:
+            await self.queue.publish(job_id, {"job_id": job_id})
+        except BrokerUnavailable as exc:
+            log.warning("job %s: plan not published yet (%s); the sweeper retries", job_id, exc)
+            return False
+        await self.jobs.update_if(
+            job_id, {"published": False}, {"published": True, "published_time": utcnow()}
+        )
+        return True
+
+    async def publish_again(self, job_id: str) -> bool:
+        """Publish a job already marked published (its worker died; no broker redelivers)."""
+        try:
+            await self.queue.publish(job_id, {"job_id": job_id})
+        except BrokerUnavailable as exc:
+            log.warning("job %s: could not publish again (%s)", job_id, exc)
+            return False
+        return True
+
+    async def estimate_seconds(self, plan: ReductionPlan) -> float:
+        """Sum of the median recorded durations of the steps not yet cached, over the cores."""
+        jobs = plan.runnable_jobs()
+        keys = [j.step_key for j in jobs if j.step_key]
+        done: set[str] = set()
+        durations: dict[str, list[float]] = {}
+        pipeline = [
+            {"$match": {"state": "done"}},
+            {"$project": {"_id": 0, "step_key": 1, "recipe": 1, "wall_seconds": 1}},
+        ]
+        wanted = set(keys)
+        async for doc in await self.store.steps.aggregate(pipeline):
+            if doc.get("step_key") in wanted:
+                done.add(doc["step_key"])
+            if doc.get("wall_seconds") is not None and doc.get("recipe"):
+                durations.setdefault(doc["recipe"], []).append(float(doc["wall_seconds"]))
+        medians = {recipe: statistics.median(v) for recipe, v in durations.items()}
+        total = sum(medians.get(j.recipe, DEFAULT_STEP_S) for j in jobs if j.step_key not in done)
+        return total / max(1, self.limits.concurrency)

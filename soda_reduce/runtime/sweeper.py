@@ -1,0 +1,140 @@
+"""The sweeper: the periodic safety nets of the job service.
+
+- outbox: QUEUED jobs whose plan the broker never confirmed are published
+  again; EXECUTING jobs whose worker stopped renewing its lease are published
+  again (in embedded mode there is no broker to redeliver them);
+- executionDuration: a job past its limit whose worker is gone is aborted;
+- destruction: jobs past their destruction time are deleted with their
+  result links;
+- step cache: finished steps no stored job refers to are collected, oldest
+  first, while the product store is over its size cap.
+
+Every action is a compare-and-set or idempotent, so several sweepers (one per
+API process) may run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from soda_reduce.runtime.jobs import JobStore, utcnow
+from soda_reduce.runtime.products import ProductStore
+from soda_reduce.runtime.service import JobService
+from soda_reduce.vo.uws import Phase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    republished: list[str] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    destroyed: list[str] = field(default_factory=list)
+    collected: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+class Sweeper:
+    def __init__(
+        self,
+        service: JobService,
+        products: ProductStore,
+        *,
+        cache_bytes: int,
+        outbox_after: timedelta = timedelta(seconds=5),
+        lease_grace: timedelta = timedelta(seconds=30),
+        collect_every_s: float = 60.0,
+    ) -> None:
+        self.service = service
+        self.jobs: JobStore = service.jobs
+        self.products = products
+        self.cache_bytes = cache_bytes
+        self.outbox_after = outbox_after
+        self.lease_grace = lease_grace
+        self.collect_every_s = collect_every_s
+        self._last_collect = 0.0
+
+    async def run(self, every_s: float) -> None:
+        """Sweep until cancelled; one failed sweep is logged, not fatal."""
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store may be restarting: try again next time
+                log.exception("sweep failed")
+            await asyncio.sleep(every_s)
+
+    async def sweep(self, *, collect: bool | None = None) -> SweepReport:
+        report = SweepReport()
+        now = utcnow()
+        for job in await self.jobs.unpublished(self.outbox_after):
+            if await self.service.publish(job.job_id):
+                report.republished.append(job.job_id)
+        for job in await self.jobs.orphaned(now - self.lease_grace):
+            marked = await self.jobs.update_if(
+                job.job_id,
+                {"phase": Phase.EXECUTING.value, "lease_until": job.lease_until},
+                {"republished_time": now, "lease_until": now + self.lease_grace},
+            )
+            if marked and await self.service.publish_again(job.job_id):
+                report.republished.append(job.job_id)
+        for job in await self.jobs.overdue(now - self.lease_grace):
+            if job.lease_until is not None and job.lease_until > now:
+                continue  # its worker lives and enforces the limit itself
+            message = f"executionDuration of {job.execution_duration} s exceeded"
+            if await self.service.abort(job.job_id, message, error=True):
+                report.aborted.append(job.job_id)
+        for job in await self.jobs.expired(now):
+            with contextlib.suppress(Exception):
+                await self.service.delete(job.job_id, job.owner)
+                report.destroyed.append(job.job_id)
+        due = time.monotonic() - self._last_collect >= self.collect_every_s
+        if collect or (collect is None and due):
+            self._last_collect = time.monotonic()
+            await self.collect(report)
+        return report
+
+    async def collect(self, report: SweepReport) -> None:
+        """Remove unreferenced steps, least recently finished first, down to the cap."""
+        keep = await self.jobs.referenced_step_keys()
+        steps = await asyncio.to_thread(_step_dirs, self.products.root / "steps")
+        total = sum(size for _, size, _ in steps)
+        for key, size, _mtime in sorted(steps, key=lambda s: s[2]):
+            if total <= self.cache_bytes:
+                break
+            if key in keep:
+                continue
+            # forget first: a plan that wants it again recomputes rather than reads half a dir
+            await self.service.store.steps.delete_one({"step_key": key, "state": "done"})
+            await self.service.store.products.delete_many({"step_key": key})
+            await asyncio.to_thread(shutil.rmtree, self.products.step_dir(key), True)
+            total -= size
+            report.collected.append(key)
+            report.freed_bytes += size
+
+
+def _step_dirs(root: Path) -> list[tuple[str, int, float]]:
+    """(step key, bytes, finish time) of every stored step."""
+    found = []
+    if not root.is_dir():
+        return found
+    for prefix in os.scandir(root):
+        if not prefix.is_dir():
+            continue
+        for step in os.scandir(prefix.path):
+            size = 0
+            for dirpath, _dirs, files in os.walk(step.path):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        size += os.stat(os.path.join(dirpath, name)).st_size
+            found.append((step.name, size, step.stat().st_mtime))
+    return found

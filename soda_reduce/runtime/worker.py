@@ -1,0 +1,370 @@
+"""The worker: consumes plan messages and runs each plan to COMPLETED or ERROR.
+
+A message is acknowledged only once its job has reached a final phase (or is
+gone), so a worker killed mid-plan leaves the message to the broker, which
+gives it to another worker; that worker takes the job over once the dead
+worker's lease on it has expired, and the shared step cache hands it every
+step already done. ABORT, DELETE and the executionDuration stop the plan at
+once: the runner is cancelled and the executor kills the running recipes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from soda_reduce.reduction.plan import ReductionPlan
+from soda_reduce.runtime.broker import Delivery, PlanQueue
+from soda_reduce.runtime.events import JobEvents
+from soda_reduce.runtime.executors.base import Executor
+from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
+from soda_reduce.runtime.products import ProductError, ProductStore
+from soda_reduce.runtime.runner import PlanOutcome, PlanRunner, RunnerConfig
+from soda_reduce.runtime.store import Store
+from soda_reduce.vo.uws import Phase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    lease_s: float = 30.0  # a job whose worker stops renewing is taken over after this
+    check_s: float = 2.0  # store poll under the event notifications: the safety net
+    progress_s: float = 0.5  # at most one progress write per this interval
+    max_deliveries: int = 5  # a plan that killed this many workers is poison
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+
+class Stop(Exception):
+    """Why a running plan was stopped (abort, deletion, time limit, lost lease)."""
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        queue: PlanQueue,
+        events: JobEvents,
+        executor: Executor,
+        products: ProductStore,
+        archive_root: Path,
+        *,
+        pipeline: str = "ccd",
+        config: WorkerConfig | None = None,
+        worker_id: str | None = None,
+        prefetch: int = 2,
+    ) -> None:
+        self.store = store
+        self.jobs = JobStore(store)
+        self.queue = queue
+        self.events = events
+        self.executor = executor
+        self.products = products
+        self.archive_root = archive_root
+        self.pipeline = pipeline
+        self.config = config or WorkerConfig()
+        self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
+        self.prefetch = prefetch
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        await self.queue.consume(self.handle, self.prefetch)
+
+    # ------------------------------------------------------------ one message
+
+    async def handle(self, delivery: Delivery) -> None:
+        job: JobRecord | None = None
+        for _ in range(3):  # bounded: a live holder is waited for twice at most
+            job, busy_until = await self.take(delivery.job_id)
+            if job is not None or busy_until is None:
+                break
+            # another worker holds the job: if it died (this is its message, redelivered)
+            # its lease runs out and the job is ours; if it lives, this is a duplicate
+            wait = (busy_until - utcnow()).total_seconds()
+            await asyncio.sleep(min(max(wait, 0.0), self.config.lease_s) + 0.5)
+        if job is None:
+            await delivery.ack()  # final, deleted, or held by a live worker
+            return
+        if job.deliveries > self.config.max_deliveries:
+            message = f"gave up: the plan was started {job.deliveries} times without finishing"
+            await self._finish(job, Phase.ERROR, {"error": {"message": message}})
+            await delivery.dead_letter(message)
+            return
+        try:
+            await self.execute(job)
+        except asyncio.CancelledError:
+            # shutting down: hand the job over at once, leave the message unacknowledged
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self.jobs.update_if(
+                        job.job_id, {"worker": self.worker_id}, {"lease_until": utcnow()}
+                    )
+                )
+            raise
+        await delivery.ack()
+
+    async def take(self, job_id: str) -> tuple[JobRecord | None, datetime | None]:
+        """QUEUED -> EXECUTING, or take over an EXECUTING job whose worker's lease expired.
+
+        Returns the job if taken; else None and, when a live worker holds it, the end
+        of that worker's lease.
+        """
+        for _ in range(3):
+            job = await self.jobs.get(job_id, any_owner=True)
+            if job is None or job.phase not in (Phase.QUEUED, Phase.EXECUTING):
+                return None, None
+            now = utcnow()
+            mine = {
+                "worker": self.worker_id,
+                "lease_until": now + timedelta(seconds=self.config.lease_s),
+                "deliveries": job.deliveries + 1,
+            }
+            if job.phase == Phase.QUEUED:
+                won = await self.jobs.transition(
+                    job_id,
+                    Phase.EXECUTING,
+                    expect=[Phase.QUEUED],
+                    changes={**mine, "start_time": now},
+                )
+            elif job.lease_until is None or job.lease_until < now:
+                won = await self.jobs.update_if(
+                    job_id,
+                    {
+                        "phase": Phase.EXECUTING.value,
+                        "worker": job.worker,
+                        "lease_until": job.lease_until,
+                    },
+                    mine,
+                )
+            else:
+                return None, job.lease_until  # a live worker has it
+            if won:
+                await self.events.publish(job_id, Phase.EXECUTING.value)
+                return await self.jobs.get(job_id, any_owner=True), None
+        return None, None
+
+    # ------------------------------------------------------------ one plan
+
+    async def execute(self, job: JobRecord) -> None:
+        if job.plan is None:
+            await self._finish(job, Phase.ERROR, {"error": {"message": "the job has no plan"}})
+            return
+        plan = ReductionPlan.from_dict(job.plan)
+        tracker = _Tracker(plan)
+        wake = asyncio.Event()
+
+        def on_event(event: dict[str, Any]) -> None:
+            tracker.update(event)
+            wake.set()
+
+        runner = PlanRunner(
+            self.store,
+            self.executor,
+            self.products,
+            self.archive_root,
+            owner=f"{self.worker_id}:{job.job_id}",
+            config=self.config.runner,
+            request_id=job.job_id,
+            on_event=on_event,
+            pipeline=self.pipeline,
+        )
+        work = asyncio.create_task(runner.run(plan))
+        reporter = asyncio.create_task(self._report(job, tracker, wake))
+        try:
+            outcome = await self._guard(job, work)
+        except Stop as stop:
+            log.info("job %s stopped: %s", job.job_id, stop)
+            return
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+        await self._complete(job, plan, outcome, tracker)
+
+    async def _guard(self, job: JobRecord, work: asyncio.Task[PlanOutcome]) -> PlanOutcome:
+        """Wait for the plan while renewing the lease and watching for stop reasons."""
+        deadline = (
+            time.monotonic() + job.execution_duration - self._elapsed(job)
+            if job.execution_duration
+            else None
+        )
+        renew_every = self.config.lease_s / 3
+        next_renew = time.monotonic() + renew_every
+        async with self.events.watch(job.job_id) as watch:
+            while not work.done():
+                now = time.monotonic()
+                timeout = min(self.config.check_s, max(0.0, next_renew - now))
+                if deadline is not None:
+                    timeout = min(timeout, max(0.0, deadline - now))
+                waiter = asyncio.create_task(watch.wait(timeout))
+                done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if work in done:
+                    waiter.cancel()
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    message = f"executionDuration of {job.execution_duration} s exceeded"
+                    await self.jobs.transition(
+                        job.job_id,
+                        Phase.ABORTED,
+                        expect=[Phase.EXECUTING],
+                        changes={"abort_reason": message, "error": {"message": message}},
+                    )
+                    await self.events.publish(job.job_id, Phase.ABORTED.value)
+                    raise Stop(message)
+                current = await self.jobs.get(job.job_id, any_owner=True)
+                if current is None:
+                    raise Stop("the job was deleted")
+                if current.phase != Phase.EXECUTING or current.worker != self.worker_id:
+                    raise Stop(f"the job is now {current.phase.value} ({current.worker})")
+                if now >= next_renew:
+                    lease = utcnow() + timedelta(seconds=self.config.lease_s)
+                    renewed = await self.jobs.update_if(
+                        job.job_id,
+                        {"phase": Phase.EXECUTING.value, "worker": self.worker_id},
+                        {"lease_until": lease},
+                    )
+                    if not renewed:
+                        raise Stop("lost the job to another worker")
+                    next_renew = now + renew_every
+        return work.result()
+
+    @staticmethod
+    def _elapsed(job: JobRecord) -> float:
+        if job.start_time is None:
+            return 0.0
+        return max(0.0, (utcnow() - job.start_time).total_seconds())
+
+    async def _report(self, job: JobRecord, tracker: _Tracker, wake: asyncio.Event) -> None:
+        """Write progress to the job, coalescing bursts of runner events."""
+        while True:
+            await wake.wait()
+            wake.clear()
+            await self.jobs.set_progress(job.job_id, self.worker_id, tracker.fields())
+            await self.events.publish(job.job_id, Phase.EXECUTING.value, progress=True)
+            await asyncio.sleep(self.config.progress_s)
+
+    async def _complete(
+        self, job: JobRecord, plan: ReductionPlan, outcome: PlanOutcome, tracker: _Tracker
+    ) -> None:
+        fields = tracker.fields()
+        if outcome.ok:
+            try:
+                fields["results"] = await self._register_products(job, plan)
+            except ProductError as exc:
+                fields["error"] = {"message": f"products unreadable: {exc}"}
+                await self._finish(job, Phase.ERROR, fields)
+                return
+            await self._finish(job, Phase.COMPLETED, fields)
+            return
+        failed = [j for j in outcome.jobs.values() if j.status == "failed"]
+        lines = [f"{j.job_id} ({j.task}): {j.error}" for j in failed[:3]]
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        fields["error"] = {
+            "message": f"{len(failed)} of {len(outcome.jobs)} steps failed: "
+            + "; ".join(lines)
+            + more
+        }
+        await self._finish(job, Phase.ERROR, fields)
+
+    async def _finish(self, job: JobRecord, phase: Phase, fields: dict[str, Any]) -> None:
+        fields = {**fields, "lease_until": None}
+        won = await self.jobs.transition(
+            job.job_id,
+            phase,
+            expect=[Phase.EXECUTING, Phase.QUEUED],
+            changes=fields,
+            extra={"worker": self.worker_id},
+        )
+        if won:
+            await self.events.publish(job.job_id, phase.value)
+
+    async def _register_products(self, job: JobRecord, plan: ReductionPlan) -> list[dict]:
+        """Every product of the plan's steps, target products first; also in ``products``."""
+        targets = {d.target_job: d.label for d in plan.datasets if d.complete}
+        dataset_of = {j: d.label for d in plan.datasets for j in d.jobs}
+        rows: list[dict[str, Any]] = []
+        for plan_job in plan.runnable_jobs():
+            key = plan_job.step_key
+            assert key is not None
+            manifest = await asyncio.to_thread(self.products.manifest, key)
+            for item in manifest.get("products", []):
+                path = self.products.step_dir(key) / item["file"]
+                rows.append(
+                    {
+                        "step_key": key,
+                        "file": item["file"],
+                        "category": item.get("category", ""),
+                        "content_type": item.get("content_type", "application/octet-stream"),
+                        "size": path.stat().st_size if path.exists() else None,
+                        "task": plan_job.task,
+                        "plan_job": plan_job.job_id,
+                        "dataset": dataset_of.get(plan_job.job_id, ""),
+                        "main": bool(item.get("main")),
+                        "target": plan_job.job_id in targets,
+                    }
+                )
+        rows.sort(key=lambda r: (not r["target"], not r["main"], r["task"], r["file"]))
+        docs = [
+            {"product_id": f"{r['step_key']}/{r['file']}", **r, "registered": utcnow()}
+            for r in rows
+        ]
+        if docs:
+            with contextlib.suppress(Exception):  # already registered by an earlier job
+                await self.store.products.insert_many(docs, ordered=False)
+        return rows
+
+
+class _Tracker:
+    """Step states and counts of one running plan, from the runner's events."""
+
+    def __init__(self, plan: ReductionPlan) -> None:
+        self.jobs = plan.runnable_jobs()
+        self.steps: dict[str, dict[str, Any]] = {
+            j.job_id: {
+                "job_id": j.job_id,
+                "task": j.task,
+                "label": j.label,
+                "step_key": j.step_key,
+                "status": "pending",
+                "attempts": 0,
+                "error": None,
+            }
+            for j in self.jobs
+        }
+        self.progress: dict[str, Any] = {
+            "done": 0,
+            "failed": 0,
+            "total": len(self.jobs),
+            "running": [],
+        }
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "progress":
+            self.progress = {k: event[k] for k in ("done", "failed", "total", "running")}
+            for job_id in event["running"]:
+                if job_id in self.steps and self.steps[job_id]["status"] == "pending":
+                    self.steps[job_id]["status"] = "running"
+        elif kind == "step" and event.get("job_id") in self.steps:
+            step = self.steps[event["job_id"]]
+            step.update(
+                status=event["status"], attempts=event.get("attempts", 0), error=event.get("error")
+            )
+        elif kind == "attempt" and event.get("job_id") in self.steps:
+            step = self.steps[event["job_id"]]
+            step.update(status="running", attempts=event["attempt"])
+
+    def fields(self) -> dict[str, Any]:
+        return {"progress": dict(self.progress), "steps": list(self.steps.values())}

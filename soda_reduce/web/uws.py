@@ -1,0 +1,350 @@
+"""UWS 1.1 handlers for the SODA async job list at /soda/async.
+
+Each handler: parse (vo) -> act (runtime JobService) -> render (vo). Errors are
+DALI errors raised anywhere below and rendered once by the middleware in
+``web.errors``. The owner comes from ``web.auth``; someone else's job is a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from multidict import MultiDict
+
+from soda_reduce.runtime.jobs import JobRecord
+from soda_reduce.vo.dali import ForbiddenError, UsageError
+from soda_reduce.vo.uws import (
+    ACTIVE,
+    XML_MEDIA_TYPE,
+    ErrorSummary,
+    JobRef,
+    JobSummary,
+    Parameter,
+    Phase,
+    Result,
+    parse_destruction,
+    parse_execution_duration,
+    parse_job_list_filters,
+    parse_wait,
+    render_error_summary,
+    render_job,
+    render_job_list,
+    render_parameters,
+    render_results,
+)
+from soda_reduce.web.context import (
+    ASYNC_PATH,
+    SERVICES,
+    base_url,
+    job_url,
+    owner_of,
+    params_of,
+    product_rows,
+)
+
+SAFETY_POLL_S = 5.0  # WAIT re-reads the job this often even if no event arrives
+
+
+def _xml(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=XML_MEDIA_TYPE, charset="utf-8")
+
+
+def _text(value: str) -> web.Response:
+    return web.Response(text=value, content_type="text/plain")
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+async def _job(request: web.Request) -> JobRecord:
+    services = request.app[SERVICES]
+    return await services.jobs.get(request.match_info["job_id"], owner_of(request))
+
+
+def results_of(request: web.Request, job: JobRecord) -> list[Result]:
+    """The products table first (id "result", as pyvo looks for), then products and logs."""
+    if job.phase != Phase.COMPLETED:
+        return []
+    url = job_url(request, job.job_id)
+    rows = product_rows(request, job)
+    results = [
+        Result("result", f"{url}/results/result", "application/x-votable+xml", None),
+    ]
+    logs: set[str] = set()
+    for n, row in enumerate((r for r in rows if r.main), start=1):
+        results.append(Result(f"product-{n}", row.access_url, row.content_type, row.size))
+    for row in rows:
+        if row.step_key not in logs:
+            logs.add(row.step_key)
+            base = row.access_url.rsplit("/", 1)[0]
+            results.append(Result(f"log-{len(logs)}", f"{base}/recipe.log", "text/plain"))
+    return results
+
+
+def summary_of(request: web.Request, job: JobRecord) -> JobSummary:
+    from soda_reduce.web.context import job_info_elements
+
+    error = None
+    if job.error:
+        error = ErrorSummary(job.error.get("message") or "failed", job.error.get("type", "fatal"))
+        error = ErrorSummary(error.message, error.type, has_detail=True)
+    return JobSummary(
+        job_id=job.job_id,
+        phase=job.phase,
+        creation_time=job.creation_time,
+        run_id=job.run_id,
+        owner_id=job.owner,
+        quote=job.doc.get("quote"),
+        start_time=job.start_time,
+        end_time=job.end_time,
+        execution_duration=job.execution_duration,
+        destruction=job.destruction,
+        parameters=[Parameter(n, v) for n, v in job.parameters],
+        results=results_of(request, job),
+        error_summary=error,
+        job_info=job_info_elements(request, job),
+    )
+
+
+# ----------------------------------------------------------------- job list
+
+
+async def job_list(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        phases, after, last = parse_job_list_filters(request.query.items())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    rows = await services.jobs.jobs.list(owner_of(request), phases, after, last)
+    root = base_url(request)
+    refs = [
+        JobRef(
+            id=row["job_id"],
+            phase=Phase(row["phase"]),
+            href=f"{root}{ASYNC_PATH}/{row['job_id']}",
+            run_id=row.get("run_id"),
+            owner_id=row.get("owner"),
+            creation_time=row.get("creation_time"),
+        )
+        for row in rows
+    ]
+    return _xml(render_job_list(refs))
+
+
+async def create_job(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    pairs = await params_of(request)
+    job = await services.jobs.create(owner_of(request), pairs)
+    return _see_other(job_url(request, job.job_id))
+
+
+# ----------------------------------------------------------------- one job
+
+
+async def get_job(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    query = MultiDict((k.upper(), v) for k, v in request.query.items())
+    if len(query.getall("WAIT", [])) > 1 or len(query.getall("PHASE", [])) > 1:
+        raise UsageError("WAIT and PHASE may be given once")
+    job = await _job(request)
+    wait = query.get("WAIT")
+    if wait is not None:
+        try:
+            seconds = parse_wait(wait)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        expected = query.get("PHASE")
+        if expected is not None:
+            try:
+                expected_phase = Phase(expected.strip().upper())
+            except ValueError:
+                raise UsageError(f"unknown PHASE {expected!r}") from None
+        else:
+            expected_phase = None
+        cap = services.wait_cap_s
+        limit = cap if seconds < 0 else min(float(seconds), cap)
+        job = await _wait(request, job, expected_phase, limit)
+    return _xml(render_job(summary_of(request, job)))
+
+
+async def _wait(
+    request: web.Request, job: JobRecord, expected: Phase | None, limit: float
+) -> JobRecord:
+    """Block while the job is active (and in ``expected``), up to ``limit`` seconds.
+
+    Returns as soon as an event says the job changed; the store is re-read now and
+    then in case an event was lost.
+    """
+    services = request.app[SERVICES]
+    deadline = time.monotonic() + limit
+    start_phase = job.phase
+    async with services.events.watch(job.job_id) as watch:
+        job = await _job(request)  # read after registering: no change can slip between
+        while job.phase in ACTIVE and (expected is None or job.phase == expected):
+            if job.phase != start_phase:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await watch.wait(min(remaining, SAFETY_POLL_S))
+            job = await _job(request)
+    return job
+
+
+async def post_job(request: web.Request) -> web.Response:
+    """POST to the job: ACTION=DELETE (UWS 1.1 2.2.3.1); also accepts PHASE and times."""
+    services = request.app[SERVICES]
+    pairs = await params_of(request)
+    upper = MultiDict((k.upper(), v) for k, v in pairs)
+    job = await _job(request)
+    action = upper.getall("ACTION", [])
+    if action:
+        if len(action) > 1 or action[0].strip().upper() != "DELETE":
+            raise UsageError("ACTION must be DELETE")
+        await services.jobs.delete(job.job_id, owner_of(request))
+        return _see_other(f"{base_url(request)}{ASYNC_PATH}?PHASE=PENDING&LAST=1")
+    if not pairs:
+        raise UsageError("POST to a job needs ACTION=DELETE or parameters to change")
+    await services.jobs.set_parameters(job, pairs)
+    return _see_other(job_url(request, job.job_id))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    await services.jobs.delete(request.match_info["job_id"], owner_of(request))
+    # a cheap list to land on (pyvo does not follow it, browsers do)
+    return _see_other(f"{base_url(request)}{ASYNC_PATH}?PHASE=PENDING&LAST=1")
+
+
+async def get_phase(request: web.Request) -> web.Response:
+    return _text((await _job(request)).phase.value)
+
+
+async def post_phase(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    pairs = await params_of(request)
+    values = [v for k, v in pairs if k.upper() == "PHASE"]
+    if len(values) != 1:
+        raise UsageError("PHASE must be given once, as RUN or ABORT")
+    job = await _job(request)
+    _, _, target = services.jobs.control_values({"PHASE": values})
+    assert target is not None
+    await services.jobs.change_phase(job, target)
+    return _see_other(job_url(request, job.job_id))
+
+
+async def get_execution_duration(request: web.Request) -> web.Response:
+    return _text(str((await _job(request)).execution_duration))
+
+
+async def post_execution_duration(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    value = _single(await params_of(request), "EXECUTIONDURATION")
+    try:
+        seconds = parse_execution_duration(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    job = await _job(request)
+    await services.jobs.set_execution_duration(job, seconds)
+    return _see_other(job_url(request, job.job_id))
+
+
+async def get_destruction(request: web.Request) -> web.Response:
+    from soda_reduce.vo.uws import format_time
+
+    job = await _job(request)
+    return _text(format_time(job.destruction) if job.destruction else "")
+
+
+async def post_destruction(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    value = _single(await params_of(request), "DESTRUCTION")
+    try:
+        when = parse_destruction(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    job = await _job(request)
+    await services.jobs.set_destruction(job, when)
+    return _see_other(job_url(request, job.job_id))
+
+
+def _single(pairs: list[tuple[str, str]], name: str) -> str:
+    values = [v for k, v in pairs if k.upper() == name]
+    if len(values) != 1:
+        raise UsageError(f"{name} must be given exactly once")
+    return values[0]
+
+
+async def get_error(request: web.Request) -> web.Response:
+    job = await _job(request)
+    if not job.error:
+        raise ForbiddenError(f"the job has no error (phase {job.phase.value})")
+    from soda_reduce.vo.dali import VOTABLE_MEDIA_TYPE
+
+    body = render_error_summary(ErrorSummary(job.error.get("message") or "failed"))
+    return web.Response(body=body, content_type=VOTABLE_MEDIA_TYPE)
+
+
+async def get_quote(request: web.Request) -> web.Response:
+    from soda_reduce.vo.uws import format_time
+
+    quote = (await _job(request)).doc.get("quote")
+    return _text(format_time(quote) if quote else "")
+
+
+async def get_owner(request: web.Request) -> web.Response:
+    return _text((await _job(request)).owner or "")
+
+
+async def get_results(request: web.Request) -> web.Response:
+    job = await _job(request)
+    return _xml(render_results(results_of(request, job)))
+
+
+async def get_parameters(request: web.Request) -> web.Response:
+    job = await _job(request)
+    return _xml(render_parameters(Parameter(n, v) for n, v in job.parameters))
+
+
+async def post_parameters(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    job = await _job(request)
+    await services.jobs.set_parameters(job, await params_of(request))
+    return _see_other(job_url(request, job.job_id))
+
+
+async def get_products_table(request: web.Request) -> web.Response:
+    from soda_reduce.vo.results import PRODUCTS_MEDIA_TYPE, render_products_votable
+
+    job = await _job(request)
+    if job.phase != Phase.COMPLETED:
+        raise ForbiddenError(f"no results yet: the job is {job.phase.value}")
+    rows = product_rows(request, job)
+    body = await asyncio.to_thread(render_products_votable, rows, job_id=job.job_id)
+    return web.Response(body=body, content_type=PRODUCTS_MEDIA_TYPE)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(ASYNC_PATH, job_list)
+    r.add_post(ASYNC_PATH, create_job)
+    job = ASYNC_PATH + "/{job_id}"
+    r.add_get(job, get_job)
+    r.add_post(job, post_job)
+    r.add_delete(job, delete_job)
+    r.add_get(job + "/phase", get_phase)
+    r.add_post(job + "/phase", post_phase)
+    r.add_get(job + "/executionduration", get_execution_duration)
+    r.add_post(job + "/executionduration", post_execution_duration)
+    r.add_get(job + "/destruction", get_destruction)
+    r.add_post(job + "/destruction", post_destruction)
+    r.add_get(job + "/error", get_error)
+    r.add_get(job + "/quote", get_quote)
+    r.add_get(job + "/owner", get_owner)
+    r.add_get(job + "/results", get_results)
+    r.add_get(job + "/results/result", get_products_table)
+    r.add_get(job + "/parameters", get_parameters)
+    r.add_post(job + "/parameters", post_parameters)
