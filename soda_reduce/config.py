@@ -36,9 +36,12 @@ class Settings:
     checksum_mode: str = "full"
     # queue and execution: no AMQP URL means the in-process queue (embedded mode)
     amqp_url: str | None = None
+    amqp_queue: str = "soda_reduce.plans"  # the plan queue (quorum)
+    amqp_exchange: str = "soda_reduce.job_events"  # the job events fanout exchange
     executor: str = "local"  # local | kubernetes
     products_dir: Path | None = None  # default: data_dir / "products"
     worker_jobs: int = 2  # plans a worker runs at once (the RabbitMQ prefetch)
+    job_lease_s: float = 30.0  # a dead worker's jobs and steps are taken over after this
     # the UWS service
     base_url: str | None = None  # public URL of the service root; default: from the request
     trusted_header: str | None = None  # e.g. X-Remote-User, set by an authenticating proxy
@@ -67,9 +70,13 @@ class Settings:
             authority=_env("AUTHORITY", DEFAULT_AUTHORITY) or DEFAULT_AUTHORITY,
             checksum_mode=_env("CHECKSUM", "full") or "full",
             amqp_url=_env("AMQP_URL"),
+            amqp_queue=_env("AMQP_QUEUE", "soda_reduce.plans") or "soda_reduce.plans",
+            amqp_exchange=_env("AMQP_EXCHANGE", "soda_reduce.job_events")
+            or "soda_reduce.job_events",
             executor=_env("EXECUTOR", "local") or "local",
             products_dir=_path(_env("PRODUCTS")),
             worker_jobs=int(_env("WORKER_JOBS", "2") or 2),
+            job_lease_s=float(_env("JOB_LEASE_S", "30") or 30),
             base_url=_env("BASE_URL"),
             trusted_header=_env("TRUSTED_HEADER"),
             tokens_file=_path(_env("TOKENS_FILE")),

@@ -20,7 +20,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
-from soda_reduce.runtime.broker import AmqpLink
+from soda_reduce.runtime.amqp import AmqpLink
 
 log = logging.getLogger(__name__)
 

@@ -70,8 +70,8 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Start what this process runs; everything is stopped when the block ends."""
     if settings.amqp_url:
-        queue: PlanQueue = RabbitPlanQueue(settings.amqp_url)
-        events: JobEvents = RabbitJobEvents(settings.amqp_url)
+        queue: PlanQueue = RabbitPlanQueue(settings.amqp_url, settings.amqp_queue)
+        events: JobEvents = RabbitJobEvents(settings.amqp_url, settings.amqp_exchange)
     else:
         queue, events = InProcessQueue(), JobEvents()
     await queue.start()
@@ -103,7 +103,10 @@ async def open_runtime(
             if executor is None:
                 executor = make_executor(settings)
                 own_executor = True
-            config = worker_config or WorkerConfig(runner=RunnerConfig())
+            lease = settings.job_lease_s
+            config = worker_config or WorkerConfig(
+                lease_s=lease, runner=RunnerConfig(lease_s=lease)
+            )
             runtime.worker = Worker(
                 store,
                 queue,
