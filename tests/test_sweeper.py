@@ -124,3 +124,16 @@ def _phase(name: str):
     from soda_reduce.vo.uws import Phase
 
     return Phase(name)
+
+
+async def test_embedded_restart_requeues_queued_jobs(
+    store: Store, demo_archive: Path, tmp_path: Path
+) -> None:
+    """The in-process queue dies with its process: the next start publishes its jobs again."""
+    async with uws_service(store, demo_archive, tmp_path, worker=False) as first:
+        job_id = await first.create({"ID": first.complete_id, "PHASE": "RUN"})
+        job = await first.runtime.service.jobs.get(job_id, any_owner=True)
+        assert job is not None and job.published and first.runtime.queue.qsize() == 1
+    async with uws_service(store, demo_archive, tmp_path, sweeper=True) as second:
+        doc = await second.wait_final(job_id)
+        assert doc.findtext("{*}phase") == "COMPLETED"

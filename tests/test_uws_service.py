@@ -65,7 +65,7 @@ async def test_create_pending_job_document(svc: Harness) -> None:
 
 
 async def test_run_at_creation_completes_with_products(svc: Harness) -> None:
-    job_id = await svc.create({"ID": svc.complete_id, "PHASE": "RUN"})
+    job_id = await svc.create({"ID": svc.complete_id, "PHASE": "RUN", "flat.combine": "average"})
     doc = await svc.wait_final(job_id)
     assert _text(doc, "uws:phase") == "COMPLETED", etree.tostring(doc).decode()
     assert _text(doc, "uws:quote")

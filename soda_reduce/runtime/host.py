@@ -95,6 +95,11 @@ async def open_runtime(
         products,
         Sweeper(service, products, cache_bytes=settings.step_cache_bytes),
     )
+    if not settings.amqp_url and worker:
+        # the in-process queue of the previous run is gone: the sweeper republishes its jobs
+        requeued = await service.jobs.unpublish_queued()
+        if requeued:
+            log.info("%d queued jobs from the previous run will be published again", requeued)
     own_executor = False
     try:
         if sweeper:

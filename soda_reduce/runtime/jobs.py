@@ -214,10 +214,29 @@ class JobStore:
         query = {"phase": Phase.QUEUED.value, "published": False, "queued_time": {"$lt": cutoff}}
         return [JobRecord.from_doc(d) async for d in self.jobs.find(query, {"_id": 0})]
 
-    async def orphaned(self, now: datetime) -> list[JobRecord]:
-        """EXECUTING jobs whose worker stopped renewing its lease."""
-        query = {"phase": Phase.EXECUTING.value, "lease_until": {"$lt": now}}
-        return [JobRecord.from_doc(d) async for d in self.jobs.find(query, {"_id": 0})]
+    async def unpublish_queued(self) -> int:
+        """Mark every QUEUED job unpublished: the in-process queue died with the last process.
+
+        The sweeper then publishes them again (embedded mode only; RabbitMQ keeps its
+        messages across restarts).
+        """
+        result = await retrying(
+            lambda: self.jobs.update_many(
+                {"phase": Phase.QUEUED.value, "published": True}, {"$set": {"published": False}}
+            )
+        )
+        return result.modified_count
+
+    async def orphaned(self, before: datetime) -> list[JobRecord]:
+        """EXECUTING jobs whose worker stopped renewing its lease before ``before``
+        and that were not republished since then."""
+        query = {"phase": Phase.EXECUTING.value, "lease_until": {"$lt": before}}
+        found = []
+        async for doc in self.jobs.find(query, {"_id": 0}):
+            again = doc.get("republished_time")
+            if again is None or again < before:
+                found.append(JobRecord.from_doc(doc))
+        return found
 
     async def expired(self, now: datetime) -> list[JobRecord]:
         """Jobs past their destruction time."""

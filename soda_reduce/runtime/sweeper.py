@@ -80,11 +80,14 @@ class Sweeper:
             if await self.service.publish(job.job_id):
                 report.republished.append(job.job_id)
         for job in await self.jobs.orphaned(now - self.lease_grace):
-            marked = await self.jobs.update_if(
-                job.job_id,
-                {"phase": Phase.EXECUTING.value, "lease_until": job.lease_until},
-                {"republished_time": now, "lease_until": now + self.lease_grace},
-            )
+            # mark it (one sweeper republishes, once per grace period) but leave the
+            # lease expired: a lease in the future would make workers wait it out
+            expect = {
+                "phase": Phase.EXECUTING.value,
+                "lease_until": job.lease_until,
+                "republished_time": job.doc.get("republished_time"),
+            }
+            marked = await self.jobs.update_if(job.job_id, expect, {"republished_time": now})
             if marked and await self.service.publish_again(job.job_id):
                 report.republished.append(job.job_id)
         for job in await self.jobs.overdue(now - self.lease_grace):

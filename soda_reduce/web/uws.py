@@ -14,7 +14,8 @@ from aiohttp import web
 from multidict import MultiDict
 
 from soda_reduce.runtime.jobs import JobRecord
-from soda_reduce.vo.dali import ForbiddenError, UsageError
+from soda_reduce.vo.dali import VOTABLE_MEDIA_TYPE, ForbiddenError, UsageError
+from soda_reduce.vo.results import PRODUCTS_MEDIA_TYPE, render_products_votable
 from soda_reduce.vo.uws import (
     ACTIVE,
     XML_MEDIA_TYPE,
@@ -24,6 +25,7 @@ from soda_reduce.vo.uws import (
     Parameter,
     Phase,
     Result,
+    format_time,
     parse_destruction,
     parse_execution_duration,
     parse_job_list_filters,
@@ -38,6 +40,7 @@ from soda_reduce.web.context import (
     ASYNC_PATH,
     SERVICES,
     base_url,
+    job_info_elements,
     job_url,
     owner_of,
     params_of,
@@ -85,12 +88,11 @@ def results_of(request: web.Request, job: JobRecord) -> list[Result]:
 
 
 def summary_of(request: web.Request, job: JobRecord) -> JobSummary:
-    from soda_reduce.web.context import job_info_elements
-
     error = None
     if job.error:
-        error = ErrorSummary(job.error.get("message") or "failed", job.error.get("type", "fatal"))
-        error = ErrorSummary(error.message, error.type, has_detail=True)
+        error = ErrorSummary(
+            job.error.get("message") or "failed", job.error.get("type", "fatal"), has_detail=True
+        )
     return JobSummary(
         job_id=job.job_id,
         phase=job.phase,
@@ -253,8 +255,6 @@ async def post_execution_duration(request: web.Request) -> web.Response:
 
 
 async def get_destruction(request: web.Request) -> web.Response:
-    from soda_reduce.vo.uws import format_time
-
     job = await _job(request)
     return _text(format_time(job.destruction) if job.destruction else "")
 
@@ -282,15 +282,11 @@ async def get_error(request: web.Request) -> web.Response:
     job = await _job(request)
     if not job.error:
         raise ForbiddenError(f"the job has no error (phase {job.phase.value})")
-    from soda_reduce.vo.dali import VOTABLE_MEDIA_TYPE
-
     body = render_error_summary(ErrorSummary(job.error.get("message") or "failed"))
     return web.Response(body=body, content_type=VOTABLE_MEDIA_TYPE)
 
 
 async def get_quote(request: web.Request) -> web.Response:
-    from soda_reduce.vo.uws import format_time
-
     quote = (await _job(request)).doc.get("quote")
     return _text(format_time(quote) if quote else "")
 
@@ -317,8 +313,6 @@ async def post_parameters(request: web.Request) -> web.Response:
 
 
 async def get_products_table(request: web.Request) -> web.Response:
-    from soda_reduce.vo.results import PRODUCTS_MEDIA_TYPE, render_products_votable
-
     job = await _job(request)
     if job.phase != Phase.COMPLETED:
         raise ForbiddenError(f"no results yet: the job is {job.phase.value}")

@@ -97,12 +97,13 @@ async def uws_service(
     auth: AuthConfig | None = None,
     settings: Settings | None = None,
     worker: bool = True,
+    sweeper: bool = False,
 ) -> AsyncIterator[Harness]:
     settings = settings or Settings(data_dir=data_dir, archive_dir=archive, sweep_s=0.5)
     await index_archive(store, archive, authority=settings.authority, checksum_mode="fast")
     config = WorkerConfig(lease_s=6.0, check_s=0.5, runner=RunnerConfig(backoff_s=0.2))
     async with open_runtime(
-        settings, store, archive, worker=worker, sweeper=False, worker_config=config
+        settings, store, archive, worker=worker, sweeper=sweeper, worker_config=config
     ) as runtime:
         services = Services(
             jobs=runtime.service,
