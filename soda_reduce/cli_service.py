@@ -107,6 +107,7 @@ async def run_service(
             try:
                 await _until_signal()
             finally:
+                services.stop_waits()  # answer blocked WAITs now: shutdown stays short
                 await runner.cleanup()
 
 

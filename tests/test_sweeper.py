@@ -137,3 +137,44 @@ async def test_embedded_restart_requeues_queued_jobs(
     async with uws_service(store, demo_archive, tmp_path, sweeper=True) as second:
         doc = await second.wait_final(job_id)
         assert doc.findtext("{*}phase") == "COMPLETED"
+
+
+async def test_quote_comes_from_recorded_step_durations(svc: Harness) -> None:
+    service = svc.runtime.service
+    job_id = await svc.create({"ID": svc.complete_id})
+    job = await service.get(job_id, None)
+    plan = await service.plan(job)
+    steps = plan.runnable_jobs()
+    fresh = await service.estimate_seconds(plan)  # nothing recorded: the default per step
+    assert fresh == pytest.approx(30.0 * len(steps) / service.limits.concurrency)
+    # past runs of the same recipes took 2 s: the quote follows them
+    await svc.runtime.store.steps.insert_many(
+        [
+            {"step_key": f"old-{n}", "state": "done", "recipe": s.recipe, "wall_seconds": 2.0}
+            for n, s in enumerate(steps)
+        ]
+    )
+    assert await service.estimate_seconds(plan) == pytest.approx(
+        2.0 * len(steps) / service.limits.concurrency
+    )
+    # a step already in the cache costs nothing
+    first = steps[0]
+    await svc.runtime.store.steps.insert_one(
+        {"step_key": first.step_key, "state": "done", "recipe": first.recipe, "wall_seconds": 2.0}
+    )
+    assert await service.estimate_seconds(plan) == pytest.approx(
+        2.0 * (len(steps) - 1) / service.limits.concurrency
+    )
+    queued = await service.run(job)
+    assert queued.quote is not None and queued.quote >= queued.creation_time
+
+
+async def test_old_scratch_directories_are_removed(svc: Harness) -> None:
+    scratch = svc.runtime.products.root / "scratch"
+    old, fresh = scratch / "abc-1-dead", scratch / "abc-2-live"
+    for directory in (old, fresh):
+        (directory / "out").mkdir(parents=True)
+    os.utime(old, (1_700_000_000, 1_700_000_000))
+    report = await _sweeper(svc).sweep(collect=True)
+    assert report.scratch_removed == 1
+    assert not old.exists() and fresh.exists()

@@ -281,3 +281,20 @@ async def test_execution_duration_is_enforced(svc: Harness) -> None:
         pytest.skip("every step was cached: the plan took less than a second")
     assert _text(doc, "uws:phase") == "ABORTED"
     assert "executionDuration" in (_text(doc, "uws:errorSummary/uws:message") or "")
+
+
+async def test_shutdown_answers_blocked_waits(svc: Harness) -> None:
+    from soda_reduce.web.context import SERVICES
+
+    job_id = await svc.create({"ID": svc.complete_id})
+    waiting = asyncio.create_task(svc.job(job_id, "?WAIT=25"))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    started = time.monotonic()
+    svc.client.app[SERVICES].stop_waits()
+    doc = await asyncio.wait_for(waiting, 10)
+    assert _text(doc, "uws:phase") == "PENDING"
+    assert time.monotonic() - started < 5
+    started = time.monotonic()
+    await svc.job(job_id, "?WAIT=25")  # no longer blocks at all
+    assert time.monotonic() - started < 5

@@ -76,6 +76,13 @@ class JobEvents:
         for watch in tuple(self._watchers.get(event.get("job_id", ""), ())):
             watch._deliver(dict(event))
 
+    def wake_all(self) -> None:
+        """Wake every watcher with a ``shutdown`` event: a stopping API answers its WAITs now
+        rather than holding its shutdown for the whole WAIT cap."""
+        for job_id, watchers in tuple(self._watchers.items()):
+            for watch in tuple(watchers):
+                watch._deliver({"job_id": job_id, "phase": None, "shutdown": True})
+
     @asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[Watch]:
         """Register before reading the job from the store, so no change falls in between."""

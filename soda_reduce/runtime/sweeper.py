@@ -40,6 +40,7 @@ class SweepReport:
     destroyed: list[str] = field(default_factory=list)
     collected: list[str] = field(default_factory=list)
     freed_bytes: int = 0
+    scratch_removed: int = 0
 
 
 class Sweeper:
@@ -52,6 +53,7 @@ class Sweeper:
         outbox_after: timedelta = timedelta(seconds=5),
         lease_grace: timedelta = timedelta(seconds=30),
         collect_every_s: float = 60.0,
+        scratch_max_age: timedelta = timedelta(days=1),
     ) -> None:
         self.service = service
         self.jobs: JobStore = service.jobs
@@ -60,6 +62,7 @@ class Sweeper:
         self.outbox_after = outbox_after
         self.lease_grace = lease_grace
         self.collect_every_s = collect_every_s
+        self.scratch_max_age = scratch_max_age
         self._last_collect = 0.0
 
     async def run(self, every_s: float) -> None:
@@ -107,7 +110,15 @@ class Sweeper:
         return report
 
     async def collect(self, report: SweepReport) -> None:
-        """Remove unreferenced steps, least recently finished first, down to the cap."""
+        """Remove unreferenced steps, least recently finished first, down to the cap.
+
+        Also removes attempt directories left in ``scratch/`` by killed or cancelled
+        steps (a finished attempt moves its products out and removes its own).
+        """
+        cutoff = time.time() - self.scratch_max_age.total_seconds()
+        report.scratch_removed = await asyncio.to_thread(
+            _remove_old, self.products.root / "scratch", cutoff
+        )
         keep = await self.jobs.referenced_step_keys()
         steps = await asyncio.to_thread(_step_dirs, self.products.root / "steps")
         total = sum(size for _, size, _ in steps)
@@ -123,6 +134,19 @@ class Sweeper:
             total -= size
             report.collected.append(key)
             report.freed_bytes += size
+
+
+def _remove_old(root: Path, cutoff: float) -> int:
+    """Remove the entries of ``root`` not modified since ``cutoff``; how many went."""
+    removed = 0
+    if not root.is_dir():
+        return removed
+    for entry in os.scandir(root):
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _step_dirs(root: Path) -> list[tuple[str, int, float]]:

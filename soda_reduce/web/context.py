@@ -36,6 +36,11 @@ class Services:
     base_url: str | None = None  # public root URL; None: from each request
     wait_cap_s: float = 30.0
     pipeline: str = "ccd"
+    stopping: bool = False  # set at shutdown: WAIT no longer blocks
+
+    def stop_waits(self) -> None:
+        self.stopping = True
+        self.events.wake_all()
 
 
 SERVICES = web.AppKey("services", Services)

@@ -189,10 +189,12 @@ async def _wait(
             if job.phase != start_phase:
                 break
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or services.stopping:
                 break
-            await watch.wait(min(remaining, SAFETY_POLL_S))
+            event = await watch.wait(min(remaining, SAFETY_POLL_S))
             job = await _job(request)
+            if event is not None and event.get("shutdown"):
+                break
     return job
 
 
