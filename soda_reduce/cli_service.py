@@ -87,6 +87,8 @@ async def run_service(
                 base_url=settings.base_url,
                 wait_cap_s=settings.wait_cap_s,
                 pipeline=pipeline,
+                archive_root=archive,
+                settings=settings,
             )
             auth = AuthConfig.load(
                 settings.trusted_header, settings.tokens_file, settings.allow_anonymous

@@ -19,7 +19,7 @@ from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.reduction.report import format_plan
 from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.store import Store
-from soda_reduce.web import products, uws
+from soda_reduce.web import archive, bundles, datalink, pages, products, soda_sync, uws, vosi
 from soda_reduce.web.context import SERVICES, Services
 from soda_reduce.web.middleware import AuthConfig, auth_middleware, error_middleware
 
@@ -130,6 +130,6 @@ def build_app(
     app.router.add_get("/plan", plan_handler)
     if services is not None:
         app[SERVICES] = services
-        uws.add_routes(app)
-        products.add_routes(app)
+        for module in (uws, products, soda_sync, datalink, vosi, archive, bundles, pages):
+            module.add_routes(app)
     return app

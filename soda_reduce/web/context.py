@@ -14,6 +14,7 @@ from urllib.parse import quote
 from aiohttp import web
 from lxml import etree
 
+from soda_reduce.config import Settings
 from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.jobs import JobRecord
 from soda_reduce.runtime.products import ProductStore
@@ -36,6 +37,8 @@ class Services:
     base_url: str | None = None  # public root URL; None: from each request
     wait_cap_s: float = 30.0
     pipeline: str = "ccd"
+    archive_root: Path | None = None  # raw files are served and cut out from here
+    settings: Settings | None = None
     stopping: bool = False  # set at shutdown: WAIT no longer blocks
 
     def stop_waits(self) -> None:

@@ -111,6 +111,8 @@ async def uws_service(
             products=runtime.products,
             authority=settings.authority,
             wait_cap_s=settings.wait_cap_s,
+            archive_root=archive,
+            settings=settings,
         )
         app = build_app(ServiceState(store, get_cascade("ccd"), str(archive)), services, auth)
         client = TestClient(TestServer(app))

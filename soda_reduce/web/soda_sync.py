@@ -1,0 +1,9 @@
+"""SODA 1.0 synchronous cutouts at /soda/sync (issue #5)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def add_routes(app: web.Application) -> None:
+    """No routes yet."""
