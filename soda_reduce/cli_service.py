@@ -24,6 +24,7 @@ from soda_reduce.runtime.store import Store, open_store
 from soda_reduce.web.app import ServiceState, build_app
 from soda_reduce.web.context import Services
 from soda_reduce.web.middleware import AuthConfig
+from soda_reduce.web.status_cache import StatusCache
 
 
 async def _archive(settings: Settings, generate: bool) -> Path:
@@ -89,6 +90,7 @@ async def run_service(
                 pipeline=pipeline,
                 archive_root=archive,
                 settings=settings,
+                status_cache=StatusCache(settings.status_cache_s),
             )
             auth = AuthConfig.load(
                 settings.trusted_header, settings.tokens_file, settings.allow_anonymous

@@ -54,6 +54,7 @@ class Settings:
     max_destruction_days: float = 30.0
     step_cache_bytes: int = 20 * 1024**3  # unreferenced steps are collected beyond this
     sweep_s: float = 5.0
+    status_cache_s: float = 1.0  # job documents served from memory until changed (0: off)
 
     @property
     def products_root(self) -> Path:
@@ -88,6 +89,7 @@ class Settings:
             max_destruction_days=float(_env("MAX_DESTRUCTION_DAYS", "30") or 30),
             step_cache_bytes=int(_env("STEP_CACHE_BYTES", str(20 * 1024**3)) or 0),
             sweep_s=float(_env("SWEEP_S", "5") or 5),
+            status_cache_s=float(_env("STATUS_CACHE_S", "1") or 0),
         )
 
     def with_(self, **changes: object) -> Settings:

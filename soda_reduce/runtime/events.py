@@ -13,7 +13,7 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,6 +55,16 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._watchers: dict[str, set[Watch]] = {}
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    @property
+    def reliable(self) -> bool:
+        """Whether every event of every process reaches this one right now."""
+        return True
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener`` with every event of every job (e.g. to invalidate a cache)."""
+        self._listeners.append(listener)
 
     async def start(self) -> None:
         pass
@@ -73,6 +83,8 @@ class JobEvents:
         """Hook for other processes; nothing to do in-process."""
 
     def _dispatch(self, event: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            listener(event)
         for watch in tuple(self._watchers.get(event.get("job_id", ""), ())):
             watch._deliver(dict(event))
 
@@ -149,6 +161,10 @@ class RabbitJobEvents(JobEvents):
     @property
     def connected(self) -> bool:
         return self._link.up
+
+    @property
+    def reliable(self) -> bool:
+        return self._link.up  # events of other processes are lost while disconnected
 
     async def start(self) -> None:
         await self._link.start()

@@ -217,6 +217,7 @@ class JobService:
             changes["destruction"] = self.clamp_destruction(destruction)
         if not await self.jobs.update_if(job.job_id, {"phase": Phase.PENDING.value}, changes):
             raise ForbiddenError("the job left PENDING while its parameters were being changed")
+        await self.events.publish(job.job_id, Phase.PENDING.value, changed="parameters")
         job = await self.get(job.job_id, job.owner)
         if phase == Phase.QUEUED:
             job = await self.run(job)
@@ -230,11 +231,13 @@ class JobService:
             {"phase": job.phase.value},
             {"execution_duration": self.clamp_duration(seconds)},
         )
+        await self.events.publish(job.job_id, job.phase.value, changed="executionDuration")
 
     async def set_destruction(self, job: JobRecord, when: datetime) -> None:
         await self.jobs.update_if(
             job.job_id, {"phase": job.phase.value}, {"destruction": self.clamp_destruction(when)}
         )
+        await self.events.publish(job.job_id, job.phase.value, changed="destruction")
 
     async def change_phase(self, job: JobRecord, target: Phase) -> JobRecord:
         if target == Phase.QUEUED:

@@ -130,6 +130,7 @@ def build_app(
     app.router.add_get("/plan", plan_handler)
     if services is not None:
         app[SERVICES] = services
+        services.events.add_listener(services.status_cache.on_event)
         for module in (uws, products, soda_sync, datalink, vosi, archive, bundles, pages):
             module.add_routes(app)
     return app

@@ -7,7 +7,7 @@ result hrefs) and of reading IVOA parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +22,7 @@ from soda_reduce.runtime.service import JobService
 from soda_reduce.vo.dali import UsageError
 from soda_reduce.vo.jobinfo import DatasetInfo, JobInfo, JobProgress, StepStatus, jobinfo_elements
 from soda_reduce.vo.results import ProductRow
+from soda_reduce.web.status_cache import StatusCache
 
 ASYNC_PATH = "/soda/async"
 PRODUCTS_PATH = "/products"
@@ -40,6 +41,7 @@ class Services:
     archive_root: Path | None = None  # raw files are served and cut out from here
     settings: Settings | None = None
     stopping: bool = False  # set at shutdown: WAIT no longer blocks
+    status_cache: StatusCache = field(default_factory=StatusCache)
 
     def stop_waits(self) -> None:
         self.stopping = True

@@ -151,8 +151,17 @@ async def get_job(request: web.Request) -> web.Response:
     query = MultiDict((k.upper(), v) for k, v in request.query.items())
     if len(query.getall("WAIT", [])) > 1 or len(query.getall("PHASE", [])) > 1:
         raise UsageError("WAIT and PHASE may be given once")
-    job = await _job(request)
     wait = query.get("WAIT")
+    cache = services.status_cache
+    if wait is None and cache.enabled and services.events.reliable:
+        key = (request.match_info["job_id"], owner_of(request), base_url(request))
+        body = cache.get(key)
+        if body is None:
+            generation = cache.generation(key[0])
+            body = render_job(summary_of(request, await _job(request)))
+            cache.put(key, generation, body)
+        return _xml(body)
+    job = await _job(request)
     if wait is not None:
         try:
             seconds = parse_wait(wait)
