@@ -55,6 +55,13 @@ class Settings:
     step_cache_bytes: int = 20 * 1024**3  # unreferenced steps are collected beyond this
     sweep_s: float = 5.0
     status_cache_s: float = 1.0  # job documents served from memory until changed (0: off)
+    # VOSI and the registry record (docs/operators.md)
+    title: str = "soda-reduce: on-demand reduction of archival data"
+    publisher: str | None = None  # default: the authority
+    contact_name: str = "Archive operations"
+    contact_email: str | None = None
+    registry_template: Path | None = None  # default: vo_schemas/voresource-template.xml
+    min_free_bytes: int = 1024**3  # /availability fails below this free on the product store
 
     @property
     def products_root(self) -> Path:
@@ -90,6 +97,12 @@ class Settings:
             step_cache_bytes=int(_env("STEP_CACHE_BYTES", str(20 * 1024**3)) or 0),
             sweep_s=float(_env("SWEEP_S", "5") or 5),
             status_cache_s=float(_env("STATUS_CACHE_S", "1") or 0),
+            title=_env("TITLE", Settings.title) or Settings.title,
+            publisher=_env("PUBLISHER"),
+            contact_name=_env("CONTACT_NAME", Settings.contact_name) or Settings.contact_name,
+            contact_email=_env("CONTACT_EMAIL"),
+            registry_template=_path(_env("REGISTRY_TEMPLATE")),
+            min_free_bytes=int(_env("MIN_FREE_BYTES", str(1024**3)) or 0),
         )
 
     def with_(self, **changes: object) -> Settings:

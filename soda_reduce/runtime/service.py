@@ -27,6 +27,7 @@ from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
 from soda_reduce.runtime.store import Store
 from soda_reduce.vo.dali import ForbiddenError, NotFoundError, UsageError
+from soda_reduce.vo.soda import parse_soda
 from soda_reduce.vo.uws import (
     ACTIVE,
     FINAL,
@@ -122,6 +123,7 @@ class JobService:
             split_parameters(self.cascade, recipe)
         except PlanRequestError as exc:
             raise UsageError(str(exc)) from None
+        parse_soda(pairs, sync=False)  # SODA cutout parameters: malformed ones refused now
         return ReductionRequest(tuple(dict.fromkeys(ids)), target, recipe)
 
     async def check_ids(self, ids: Sequence[str]) -> None:

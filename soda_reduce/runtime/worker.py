@@ -22,12 +22,15 @@ from typing import Any
 
 from soda_reduce.reduction.plan import ReductionPlan
 from soda_reduce.runtime.broker import Delivery, PlanQueue
+from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, cut_products, cutouts_dir
 from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.executors.base import Executor
 from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
 from soda_reduce.runtime.products import ProductError, ProductStore
 from soda_reduce.runtime.runner import PlanOutcome, PlanRunner, RunnerConfig
 from soda_reduce.runtime.store import Store
+from soda_reduce.vo.dali import UsageError
+from soda_reduce.vo.soda import parse_soda
 from soda_reduce.vo.uws import Phase
 
 log = logging.getLogger(__name__)
@@ -262,6 +265,7 @@ class Worker:
         if outcome.ok:
             try:
                 fields["results"] = await self._register_products(job, plan)
+                fields["cutouts"] = await self._cut_targets(job, fields["results"])
             except ProductError as exc:
                 fields["error"] = {"message": f"products unreadable: {exc}"}
                 await self._finish(job, Phase.ERROR, fields)
@@ -277,6 +281,27 @@ class Worker:
             + more
         }
         await self._finish(job, Phase.ERROR, fields)
+
+    async def _cut_targets(self, job: JobRecord, rows: list[dict[str, Any]]) -> list[dict]:
+        """SODA parameters of the job (POS, CIRCLE, ...) cut its target FITS products:
+        one result per product and combination of values (docs/soda.md)."""
+        try:
+            request = parse_soda(job.parameters, sync=False)  # validated at creation
+        except UsageError as exc:
+            log.warning("job %s: SODA parameters ignored: %s", job.job_id, exc)
+            return []
+        if not request.filtering:
+            return []
+        targets = [
+            (self.products.step_dir(r["step_key"]) / r["file"], f"{r['step_key']}/{r['file']}")
+            for r in rows
+            if r.get("target") and r.get("main") and r.get("content_type") == FITS_MEDIA_TYPE
+        ]
+        out = cutouts_dir(self.products.root, job.job_id)
+        try:
+            return await asyncio.to_thread(cut_products, out, targets, request.filters())
+        except OSError as exc:
+            raise ProductError(f"cutouts not written to {out}: {exc}") from None
 
     async def _finish(self, job: JobRecord, phase: Phase, fields: dict[str, Any]) -> None:
         fields = {**fields, "lease_until": None}
@@ -316,8 +341,27 @@ class Worker:
                     }
                 )
         rows.sort(key=lambda r: (not r["target"], not r["main"], r["task"], r["file"]))
+        # each product doc records its step's inputs (DataLink #progenitor and #calibration)
+        step_of = {j.job_id: j.step_key for j in plan.jobs}
+        inputs_of = {
+            j.job_id: [
+                {
+                    "category": i.category,
+                    "role": i.role,
+                    "file_id": i.file_id,
+                    "step_key": step_of.get(i.job) if i.job else None,
+                }
+                for i in j.inputs
+            ]
+            for j in plan.runnable_jobs()
+        }
         docs = [
-            {"product_id": f"{r['step_key']}/{r['file']}", **r, "registered": utcnow()}
+            {
+                "product_id": f"{r['step_key']}/{r['file']}",
+                **r,
+                "inputs": inputs_of[r["plan_job"]],
+                "registered": utcnow(),
+            }
             for r in rows
         ]
         if docs:

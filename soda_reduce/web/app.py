@@ -6,8 +6,6 @@ discovery endpoints (DataLink, VOSI, SODA sync) are added here by issue #5.
 
 from __future__ import annotations
 
-import html
-from collections import Counter
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -49,41 +47,7 @@ def _many(request: web.Request, name: str) -> list[str]:
 async def index_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
     frames = classify_all(state.cascade, await state.store.all_raw_files())
-    counts = Counter(
-        f.category or ("unreadable" if f.raw.problem else "unclassified") for f in frames
-    )
-    problems = sorted((f.raw.path, f.raw.problem) for f in frames if f.raw.problem)
-    targets = "".join(
-        f'<option value="{html.escape(t.name)}"'
-        f"{' selected' if t.name == state.cascade.default_target else ''}>"
-        f"{html.escape(t.name)}</option>"
-        for t in state.cascade.tasks
-    )
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(counts.items())
-    )
-    problem_rows = "".join(
-        f"<li><code>{html.escape(p)}</code>: {html.escape(why or '')}</li>" for p, why in problems
-    )
-    body = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>soda-reduce</title></head>
-<body>
-<h1>soda-reduce</h1>
-<p>Archive <code>{html.escape(state.archive)}</code>: {len(frames)} indexed files,
-pipeline <code>{html.escape(state.cascade.name)}</code>.</p>
-<table><tr><th>category</th><th>files</th></tr>{rows}</table>
-<h2>Plan a reduction</h2>
-<form action="plan" method="get">
-<label>target <select name="TARGET">{targets}</select></label>
-<label>format <select name="FORMAT"><option>text</option><option>json</option>
-<option>dot</option></select></label>
-<button type="submit">plan</button>
-</form>
-<h2>Files that could not be read</h2>
-<ul>{problem_rows or "<li>none</li>"}</ul>
-</body></html>
-"""
-    return web.Response(text=body, content_type="text/html")
+    return await pages.index(request, state.cascade, frames, state.archive)
 
 
 async def plan_handler(request: web.Request) -> web.Response:
@@ -126,6 +90,7 @@ def build_app(
         middlewares.insert(0, auth_middleware(auth or AuthConfig()))
     app = web.Application(middlewares=middlewares)
     app[STATE] = state
+    pages.setup(app)  # templates and static files: the index page uses them too
     app.router.add_get("/", index_page)
     app.router.add_get("/plan", plan_handler)
     if services is not None:

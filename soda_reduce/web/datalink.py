@@ -1,9 +1,395 @@
-"""DataLink 1.1 at /datalink (issue #5)."""
+"""DataLink 1.1 at /datalink, and the raw files and raw previews its links point at.
+
+GET or POST /datalink?ID=...: one group of consecutive rows per ID (DataLink 3.2):
+
+- a raw file (``ivo://{authority}/raw?{path}``): #this (the FITS file, served from
+  /archive/files/), #preview (a PNG drawn on first request, /previews/raw/), #proc (a SODA
+  async descriptor that reduces it: TARGET and recipe parameters with their defaults and
+  choices, cutout parameters with limits from its WCS), #calibration (the raw calibrations
+  the planner would pick, with the association's quality level);
+- a product (``ivo://{authority}/product?{step_key}/{file}``): #this, #preview,
+  #progenitor (the step's main inputs), #calibration (the master calibrations, i.e. the
+  products of upstream steps, or raw calibrations), #auxiliary (recipe log, manifest with
+  the QC parameters), #proc (a SODA sync cutout descriptor, for images);
+- anything else: one NotFoundFault row.
+
+MAXREC counts rows, but the rows of one ID are never split: the table stops before the
+first ID whose rows do not all fit, with QUERY_STATUS=OVERFLOW.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import quote
+
 from aiohttp import web
+
+from soda_reduce.reduction.cascade import Param
+from soda_reduce.reduction.fits_headers import GZIP_SUFFIXES
+from soda_reduce.reduction.index_model import RAW_RESOURCE, RawFile, raw_file_id
+from soda_reduce.reduction.plan import LEVEL_WORDS
+from soda_reduce.runtime.datalinks import (
+    STEP_KEY,
+    ProductFacts,
+    StepFile,
+    StepInput,
+    product_facts,
+    raw_reduction,
+)
+from soda_reduce.runtime.previews import PreviewError, raw_preview, raw_preview_path
+from soda_reduce.runtime.products import LOG_NAME, MANIFEST
+from soda_reduce.vo.dali import NotFoundError
+from soda_reduce.vo.datalink import Link, local_id, parse_links_request, render_links
+from soda_reduce.vo.descriptors import (
+    InputParam,
+    ServiceDescriptor,
+    cutout_descriptor,
+    reduce_descriptor,
+)
+from soda_reduce.web.context import (
+    ASYNC_PATH,
+    SERVICES,
+    Services,
+    base_url,
+    params_of,
+    product_url,
+)
+from soda_reduce.web.products import FILE_NAME
+
+DATALINK_PATH = "/datalink"
+FILES_PATH = "/archive/files"
+RAW_PREVIEWS_PATH = "/previews/raw"
+SYNC_PATH = "/soda/sync"
+PRODUCT_RESOURCE = "product"
+FITS_TYPE = "application/fits"
+IMAGE = "#image"  # product-type vocabulary (DataLink 1.1 3.2.9: relative to its base URI)
+_VOTABLE_TYPES = {"bool": "boolean", "int": "long", "float": "double", "str": "char"}
+
+
+def raw_content_type(path: str) -> str:
+    """Gzipped FITS is served as it is stored (gzip); the rest is FITS (tile-compressed too)."""
+    return "application/gzip" if path.lower().endswith(GZIP_SUFFIXES) else FITS_TYPE
+
+
+def _is_image(raw: RawFile) -> bool:
+    naxis = raw.header.get("NAXIS")
+    return (isinstance(naxis, int) and naxis >= 2) or raw.path.lower().endswith(".fz")
+
+
+class _Builder:
+    """The links of one request's IDs; descriptors are numbered across the document."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.services: Services = request.app[SERVICES]
+        self.root = base_url(request)
+        self.request = request
+        self.count = 0
+        self.files: dict[str, RawFile] | None = None
+
+    async def raw_index(self) -> dict[str, RawFile]:
+        if self.files is None:
+            self.files = {f.file_id: f for f in await self.services.jobs.raw_files()}
+        return self.files
+
+    async def links(self, identifier: str) -> tuple[list[Link], list[ServiceDescriptor]]:
+        local = local_id(identifier, self.services.authority)
+        if local is not None and local[0] == RAW_RESOURCE:
+            raw = (await self.raw_index()).get(identifier)
+            if raw is not None:
+                return await self.raw_links(identifier, raw)
+        if local is not None and local[0] == PRODUCT_RESOURCE:
+            key, _, name = local[1].partition("/")
+            if STEP_KEY.match(key) and FILE_NAME.fullmatch(name):
+                facts = await product_facts(
+                    self.services.jobs.store, self.services.products, key, name
+                )
+                if facts is not None:
+                    return await self.product_links(identifier, facts)
+        message = f"{identifier} is neither a raw file of this archive nor a product here"
+        return [Link.error(identifier, "NotFoundFault", message)], []
+
+    # ------------------------------------------------------------------ raw files
+
+    async def raw_links(
+        self, identifier: str, raw: RawFile
+    ) -> tuple[list[Link], list[ServiceDescriptor]]:
+        files = list((await self.raw_index()).values())
+        red = await asyncio.to_thread(raw_reduction, self.services.jobs.cascade, files, raw)
+        links = [
+            self.raw_link(
+                identifier,
+                "#this",
+                raw,
+                f"Raw {red.category or 'unclassified'} frame {raw.path}",
+                "raw",
+            )
+        ]
+        if _is_image(raw):
+            cached = raw_preview_path(self.services.products.root, raw)
+            links.append(
+                Link(
+                    identifier,
+                    "#preview",
+                    f"PNG preview of {raw.path} (zscale, north up)",
+                    access_url=f"{self.root}{RAW_PREVIEWS_PATH}/{quote(raw.path)}.png",
+                    content_type="image/png",
+                    content_length=cached.stat().st_size if cached.is_file() else None,
+                    local_semantics="preview",
+                )
+            )
+        descriptors = []
+        if red.problem is None:
+            self.count += 1
+            descriptors.append(
+                reduce_descriptor(
+                    f"reduce-{self.count}",
+                    f"{self.root}{ASYNC_PATH}",
+                    identifier,
+                    targets=red.targets,
+                    default_target=red.default_target or "",
+                    recipe=[_recipe_param(name, spec) for name, spec in red.parameters],
+                    header=raw.header,
+                    what=f"{raw.path} with the {self.services.jobs.cascade.name} pipeline",
+                )
+            )
+            others = [t for t in red.targets if t != red.default_target]
+            links.append(
+                Link(
+                    identifier,
+                    "#proc",
+                    f"Reduce this frame on demand (SODA async): TARGET {red.default_target}"
+                    + (f" (or {', '.join(others)})" if others else ""),
+                    service_def=descriptors[0].xml_id,
+                    content_type="text/xml",
+                    local_semantics="reduce",
+                )
+            )
+        elif red.targets:
+            message = f"{raw.path} cannot be reduced: {red.problem}"
+            links.append(Link.error(identifier, "FatalFault", message, semantics="#proc"))
+        for pick in red.calibrations:
+            how = (
+                f"{pick.category} frame {pick.raw.path}, reduced by {pick.task} for {pick.used_by}"
+            )
+            if pick.level is not None:
+                how += f"; quality level {pick.level} ({LEVEL_WORDS.get(pick.level, '?')})"
+            link = self.raw_link(identifier, "#calibration", pick.raw, how, pick.category)
+            links.append(replace(link, quality_level=pick.level))
+        return links, descriptors
+
+    def raw_link(
+        self, identifier: str, semantics: str, raw: RawFile, description: str, kind: str | None
+    ) -> Link:
+        return Link(
+            identifier,
+            semantics,
+            description,
+            access_url=f"{self.root}{FILES_PATH}/{quote(raw.path)}",
+            content_type=raw_content_type(raw.path),
+            content_length=raw.size,
+            content_qualifier=IMAGE if _is_image(raw) else None,
+            local_semantics=kind,
+        )
+
+    # ------------------------------------------------------------------ products
+
+    async def product_links(
+        self, identifier: str, facts: ProductFacts
+    ) -> tuple[list[Link], list[ServiceDescriptor]]:
+        item = facts.product
+        if not facts.stored:
+            message = f"{item.file} of step {item.step_key[:12]} is no longer stored"
+            return [Link.error(identifier, "NotFoundFault", message + "; run the job again")], []
+        made_by = f" made by {facts.task}" if facts.task else ""
+        links = [
+            self.step_link(identifier, "#this", item, f"{item.category}{made_by}", facts),
+        ]
+        preview = next((f for f in facts.step_files if f.preview_of == item.file), None)
+        if preview is not None:
+            links.append(
+                self.step_link(identifier, "#preview", preview, f"PNG preview of {item.file}")
+            )
+        for step_input in facts.inputs:
+            semantics = "#progenitor" if step_input.role == "main" else "#calibration"
+            links.extend(await self.input_links(identifier, semantics, step_input, facts))
+        directory = self.services.products.step_dir(item.step_key)
+        if facts.has_log:
+            links.append(
+                Link(
+                    identifier,
+                    "#auxiliary",
+                    "Log of the recipe run that made this product",
+                    access_url=product_url(self.request, item.step_key, LOG_NAME),
+                    content_type="text/plain",
+                    content_length=(directory / LOG_NAME).stat().st_size,
+                    local_semantics="log",
+                )
+            )
+        manifest = directory / MANIFEST
+        if manifest.is_file():
+            links.append(
+                Link(
+                    identifier,
+                    "#auxiliary",
+                    "The step's manifest: its products with their QC parameters (JSON)",
+                    access_url=product_url(self.request, item.step_key, MANIFEST),
+                    content_type="application/json",
+                    content_length=manifest.stat().st_size,
+                    local_semantics="qc",
+                )
+            )
+        if facts.header is None:
+            return links, []
+        self.count += 1
+        descriptor = cutout_descriptor(
+            f"cutout-{self.count}",
+            f"{self.root}{SYNC_PATH}",
+            identifier,
+            header=facts.header,
+            what=f"{item.category} {item.file}",
+        )
+        links.append(
+            Link(
+                identifier,
+                "#proc",
+                "Cut out part of this image (SODA sync): POS, CIRCLE or POLYGON on the sky; "
+                "the result keeps a correct WCS",
+                service_def=descriptor.xml_id,
+                content_type=FITS_TYPE,
+                content_qualifier=IMAGE,
+                local_semantics="cutout",
+            )
+        )
+        return links, [descriptor]
+
+    def step_link(
+        self,
+        identifier: str,
+        semantics: str,
+        item: StepFile,
+        description: str,
+        facts: ProductFacts | None = None,
+    ) -> Link:
+        image = item.content_type == FITS_TYPE and (facts is None or facts.header is not None)
+        return Link(
+            identifier,
+            semantics,
+            description,
+            access_url=product_url(self.request, item.step_key, item.file),
+            content_type=item.content_type,
+            content_length=item.size,
+            content_qualifier=IMAGE if image else None,
+            local_semantics=item.category or None,
+        )
+
+    async def input_links(
+        self, identifier: str, semantics: str, step_input: StepInput, facts: ProductFacts
+    ) -> list[Link]:
+        if step_input.file_id is not None:
+            raw = (await self.raw_index()).get(step_input.file_id)
+            if raw is None:
+                message = f"{step_input.file_id} is no longer in the archive index"
+                return [Link.error(identifier, "NotFoundFault", message, semantics=semantics)]
+            description = f"Raw {step_input.category} frame {raw.path}"
+            return [self.raw_link(identifier, semantics, raw, description, step_input.category)]
+        step_files = facts.upstream.get(step_input.step_key or "", ())
+        wanted = [f for f in step_files if f.category.upper() == step_input.category.upper()]
+        if not wanted:
+            key = (step_input.step_key or "?")[:12]
+            message = f"the {step_input.category} of step {key} is no longer stored"
+            return [Link.error(identifier, "NotFoundFault", message, semantics=semantics)]
+        return [
+            self.step_link(identifier, semantics, f, f"{f.category} from step {f.step_key[:12]}")
+            for f in wanted
+        ]
+
+
+def _recipe_param(name: str, spec: Param) -> InputParam:
+    datatype = _VOTABLE_TYPES.get(spec.type, "char")
+    if spec.type == "bool":
+        value = "T" if spec.default else "F"
+    else:
+        value = "" if spec.default is None else str(spec.default)
+    return InputParam(
+        name,
+        datatype=datatype,
+        value=value,
+        description=f"{spec.description} (default {spec.default})".strip(),
+        minimum=spec.minimum,
+        maximum=spec.maximum,
+        options=tuple((str(c), str(c)) for c in spec.choices),
+    )
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+async def links_handler(request: web.Request) -> web.Response:
+    """GET/POST /datalink: whole IDs while they fit in MAXREC rows (OVERFLOW after)."""
+    wanted = parse_links_request(await params_of(request))
+    builder = _Builder(request)
+    rows: list[Link] = []
+    descriptors: list[ServiceDescriptor] = []
+    overflow = wanted.dropped_ids > 0
+    for identifier in wanted.ids:
+        links, described = await builder.links(identifier)
+        if len(rows) + len(links) > wanted.maxrec:
+            overflow = True
+            break
+        rows.extend(links)
+        descriptors.extend(described)
+    body = render_links(rows, descriptors, overflow=overflow)
+    return web.Response(body=body, headers={"Content-Type": wanted.media_type})
+
+
+async def _indexed(request: web.Request, path: str) -> RawFile:
+    """The indexed raw file at ``path``; 404 for anything else, ``..`` and hidden files too."""
+    services = request.app[SERVICES]
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise NotFoundError("no such raw file")
+    found = await services.jobs.store.raw_files_by_id([raw_file_id(path, services.authority)])
+    if not found or services.archive_root is None:
+        raise NotFoundError("no such raw file in the archive index")
+    return found[0]
+
+
+async def raw_file(request: web.Request) -> web.StreamResponse:
+    """GET /archive/files/{path}: an indexed raw file as it is stored (ETag, ranges)."""
+    raw = await _indexed(request, request.match_info["path"])
+    root = request.app[SERVICES].archive_root
+    assert root is not None
+    path = Path(root) / raw.path
+    if not path.is_file():
+        raise NotFoundError(f"{raw.path} is indexed but no longer on disk")
+    response = web.FileResponse(path)
+    response.content_type = raw_content_type(raw.path)
+    return response
+
+
+async def raw_preview_handler(request: web.Request) -> web.StreamResponse:
+    """GET /previews/raw/{path}.png: the raw file's PNG, drawn on first request."""
+    name = request.match_info["path"]
+    if not name.endswith(".png"):
+        raise NotFoundError("no such preview")
+    raw = await _indexed(request, name[: -len(".png")])
+    services = request.app[SERVICES]
+    assert services.archive_root is not None
+    try:
+        png = await asyncio.to_thread(
+            raw_preview, services.products.root, Path(services.archive_root), raw
+        )
+    except PreviewError as exc:
+        raise NotFoundError(f"no preview: {exc}") from None
+    response = web.FileResponse(png)
+    response.content_type = "image/png"
+    return response
 
 
 def add_routes(app: web.Application) -> None:
-    """No routes yet."""
+    app.router.add_get(DATALINK_PATH, links_handler)
+    app.router.add_post(DATALINK_PATH, links_handler)
+    app.router.add_get(FILES_PATH + "/{path:.+}", raw_file)
+    app.router.add_get(RAW_PREVIEWS_PATH + "/{path:.+}", raw_preview_handler)

@@ -1,9 +1,449 @@
-"""HTML pages for people: job list, job page, raw-file page (issue #5)."""
+"""HTML pages for people: the archive, the caller's jobs, a job's live progress, a raw file.
+
+The pages sit beside the VO endpoints and use the same identity (web/middleware.py): a person
+sees only their own jobs, and someone else's job is a 404 here as in UWS. Everything is
+rendered by Jinja2 with autoescape on; values never go into HTML by hand.
+
+The job page updates itself without reloading: a small script polls
+``/jobs/{id}/status.json`` (a few hundred bytes) and, only when its signature changes, swaps
+in ``/jobs/{id}/panel`` (the same template the page embeds), so there is one rendering of a
+job, not one in HTML and another in JavaScript. Run, abort and delete go to the UWS endpoints.
+
+The "reduce this" form of a raw-file page posts to ``POST /jobs``, which creates the job
+through the job service exactly as ``POST /soda/async`` does, then lands the browser on the
+job page rather than on the UWS XML document.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
+
+from soda_reduce.reduction.cascade import Param
+from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.organisation import Frame, make_frame
+from soda_reduce.reduction.plan import LEVEL_WORDS
+from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.runtime.datalinks import raw_reduction
+from soda_reduce.runtime.jobs import LIST_PROJECTION, JobRecord
+from soda_reduce.runtime.products import LOG_NAME
+from soda_reduce.vo.dali import DaliError, ForbiddenError, NotFoundError
+from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, format_time
+from soda_reduce.web.bundles import KINDS, bundle_url
+from soda_reduce.web.context import (
+    ASYNC_PATH,
+    PRODUCTS_PATH,
+    SERVICES,
+    Services,
+    owner_of,
+    params_of,
+)
+from soda_reduce.web.datalink import FILES_PATH, RAW_PREVIEWS_PATH
+
+HERE = Path(__file__).parent
+POLL_MS = 1000  # the job page's polling interval while the job is active
+JOB_LIST_LIMIT = 200  # newest jobs shown on /jobs
+FILE_LIST_LIMIT = 300  # raw files listed on / (the VOTable at /archive/raw has them all)
+SUMMARY_KEYWORDS = ("OBJECT", "DATE-OBS", "EXPTIME", "FILTER", "IMAGETYP", "INSTRUME", "TELESCOP")
+PREVIEW = "PREVIEW"
+
+
+# ----------------------------------------------------------------- set-up and helpers
+
+
+def setup(app: web.Application) -> None:
+    """Templates and static files; done for every app (the index page needs them too)."""
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["time"] = lambda value: format_time(value) if value else ""
+    env.filters["size"] = human_size
+    app.router.add_static("/static", HERE / "static", name="static")
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return ""
+    size, units = float(n), ["B", "kB", "MB", "GB", "TB"]
+    while size >= 1000 and len(units) > 1:
+        size, units = size / 1000, units[1:]
+    return f"{n} B" if units[0] == "B" else f"{size:.1f} {units[0]}"
+
+
+def _root(request: web.Request) -> str:
+    """Prefix of every link: the configured public URL, else host-relative paths."""
+    services = request.app.get(SERVICES)
+    return services.base_url.rstrip("/") if services and services.base_url else ""
+
+
+def render(request: web.Request, template: str, status: int = 200, **context: Any):
+    services = request.app.get(SERVICES)
+    context.setdefault("title", "soda-reduce")
+    base = {
+        "root": _root(request),
+        "owner": owner_of(request) if services else None,
+        "services": services is not None,
+    }
+    response = aiohttp_jinja2.render_template(template, request, base | context, status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def html_errors(handler: Handler) -> Handler:
+    """DALI errors raised under a page become an HTML page with the same status."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except DaliError as exc:
+            return render(
+                request, "error.html", exc.http_status, title="Error", message=exc.message
+            )
+
+    return wrapped
+
+
+# ----------------------------------------------------------------- index
+
+
+async def index(
+    request: web.Request, cascade: Cascade, frames: Sequence[Frame], archive: str
+) -> web.Response:
+    """The archive summary; called by web/app.py, which owns the preview state."""
+    counts = Counter(_category(f) for f in frames)
+    category = request.query.get("category")
+    listed = [f for f in frames if category is None or _category(f) == category]
+    return render(
+        request,
+        "index.html",
+        archive=archive,
+        cascade=cascade,
+        total=len(frames),
+        counts=sorted(counts.items()),
+        problems=sorted((f.raw.path, f.raw.problem) for f in frames if f.raw.problem),
+        category=category,
+        files=[_file_row(f) for f in listed[:FILE_LIST_LIMIT]],
+        more=max(0, len(listed) - FILE_LIST_LIMIT),
+    )
+
+
+def _category(frame: Frame) -> str:
+    return frame.category or ("unreadable" if frame.raw.problem else "unclassified")
+
+
+def _file_row(frame: Frame) -> dict[str, Any]:
+    return {
+        "path": frame.raw.path,
+        "url": "/raw/" + quote(frame.raw.path),
+        "category": _category(frame),
+        "night": frame.night or "",
+        "object": frame.raw.header.get("OBJECT") or "",
+    }
+
+
+# ----------------------------------------------------------------- job list
+
+
+@html_errors
+async def jobs_page(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    query = {"owner": owner_of(request), "phase": {"$ne": Phase.ARCHIVED.value}}
+    projection = {**LIST_PROJECTION, "progress": 1}
+    cursor = services.jobs.jobs.jobs.find(query, projection).sort(
+        [("creation_time", -1), ("job_id", -1)]
+    )
+    rows = await cursor.limit(JOB_LIST_LIMIT).to_list()
+    jobs = [
+        {
+            "id": row["job_id"],
+            "phase": row["phase"],
+            "run_id": row.get("run_id") or "",
+            "created": row.get("creation_time"),
+            "progress": _progress(row.get("progress")),
+        }
+        for row in rows
+    ]
+    return render(request, "jobs.html", title="Your jobs", jobs=jobs, limit=JOB_LIST_LIMIT)
+
+
+def _progress(value: dict[str, Any] | None) -> dict[str, Any]:
+    value = value or {}
+    done, total = int(value.get("done", 0)), int(value.get("total", 0))
+    return {
+        "done": done,
+        "failed": int(value.get("failed", 0)),
+        "total": total,
+        "running": list(value.get("running") or []),
+        "percent": round(100 * done / total) if total else 0,
+    }
+
+
+@html_errors
+async def submit_job(request: web.Request) -> web.Response:
+    """The raw-file page's form: create and run the job, then show its page (303)."""
+    services = request.app[SERVICES]
+    _check_origin(request)
+    pairs = [(k, v.strip()) for k, v in await params_of(request) if v.strip()]
+    if not any(k.upper() == "PHASE" for k, _ in pairs):
+        pairs.append(("PHASE", "RUN"))
+    job = await services.jobs.create(owner_of(request), pairs)
+    raise web.HTTPSeeOther(f"{_root(request)}/jobs/{job.job_id}")
+
+
+def _check_origin(request: web.Request) -> None:
+    """Refuse forms posted from other sites (identities may come from a proxy's cookie)."""
+    origin = request.headers.get("Origin")
+    if origin is None:  # not a browser, or one that does not say: nothing to protect from
+        return
+    allowed = {f"{request.scheme}://{request.host}"}
+    configured = request.app[SERVICES].base_url
+    if configured:
+        parts = urlsplit(configured)
+        allowed.add(f"{parts.scheme}://{parts.netloc}")
+    if origin not in allowed:
+        raise ForbiddenError(f"forms are accepted from this site only, not from {origin}")
+
+
+# ----------------------------------------------------------------- one job
+
+
+async def _job(request: web.Request) -> JobRecord:
+    services = request.app[SERVICES]
+    return await services.jobs.get(request.match_info["job_id"], owner_of(request))
+
+
+def _signature(job: JobRecord) -> str:
+    """Changes whenever anything the panel shows changes."""
+    material = [
+        job.phase.value,
+        job.progress,
+        [(s.get("job_id"), s.get("status"), s.get("attempts")) for s in job.steps],
+        len(job.results),
+        bool(job.error),
+    ]
+    return hashlib.sha256(json.dumps(material, default=str).encode()).hexdigest()[:16]
+
+
+def _existing_logs(services: Services, keys: list[str]) -> set[str]:
+    return {k for k in keys if (services.products.step_dir(k) / LOG_NAME).is_file()}
+
+
+async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
+    services = request.app[SERVICES]
+    root = _root(request)
+    keys = [s["step_key"] for s in job.steps if s.get("step_key")]
+    logs = await asyncio.to_thread(_existing_logs, services, keys)
+    steps = [
+        {
+            "id": s.get("job_id", ""),
+            "task": s.get("task", ""),
+            "label": s.get("label") or "",
+            "status": s.get("status", ""),
+            "attempts": int(s.get("attempts") or 0),
+            "error": s.get("error") or "",
+            "log": f"{root}{PRODUCTS_PATH}/{s['step_key']}/{LOG_NAME}"
+            if s.get("step_key") in logs
+            else None,
+        }
+        for s in job.steps
+    ]
+    completed = job.phase == Phase.COMPLETED
+    products = [
+        {
+            "file": r["file"],
+            "url": f"{root}{PRODUCTS_PATH}/{r['step_key']}/{quote(r['file'])}",
+            "category": r.get("category", ""),
+            "task": r.get("task", ""),
+            "size": r.get("size"),
+            "target": bool(r.get("target")),
+            "preview": r.get("category") == PREVIEW and r.get("content_type") == "image/png",
+        }
+        for r in (job.results if completed else [])
+    ]
+    uws = f"{root}{ASYNC_PATH}/{job.job_id}"
+    return {
+        "job": job,
+        "phase": job.phase.value,
+        "final": job.phase in FINAL,
+        "can_run": job.phase in (Phase.PENDING, Phase.HELD),
+        "can_abort": job.phase in (*ACTIVE, Phase.HELD, Phase.SUSPENDED),
+        "target": (job.plan or {}).get("target") or ", ".join(job.parameter("TARGET")),
+        "progress": _progress(job.progress),
+        "steps": steps,
+        "error": (job.error or {}).get("message"),
+        "products": products,
+        "previews": [p for p in products if p["preview"]],
+        "bundles": [
+            {"kind": kind, "text": text, "url": bundle_url(root, job.job_id, kind)}
+            for kind, text in KINDS.items()
+        ]
+        if completed
+        else [],
+        "uws_url": uws,
+        "signature": _signature(job),
+        "status_url": f"{root}/jobs/{job.job_id}/status.json",
+        "panel_url": f"{root}/jobs/{job.job_id}/panel",
+        "poll_ms": POLL_MS,
+    }
+
+
+@html_errors
+async def job_page(request: web.Request) -> web.Response:
+    job = await _job(request)
+    context = await job_context(request, job)
+    return render(request, "job.html", title=f"Job {job.job_id}", **context)
+
+
+@html_errors
+async def job_panel(request: web.Request) -> web.Response:
+    job = await _job(request)
+    return render(request, "job_panel.html", **await job_context(request, job))
+
+
+async def job_status(request: web.Request) -> web.Response:
+    """What the job page polls; small, and usable by scripts as well."""
+    job = await _job(request)
+    body = {
+        "job_id": job.job_id,
+        "phase": job.phase.value,
+        "final": job.phase in FINAL,
+        "progress": _progress(job.progress),
+        "steps": [
+            {"id": s.get("job_id"), "task": s.get("task"), "status": s.get("status")}
+            for s in job.steps
+        ],
+        "error": (job.error or {}).get("message"),
+        "signature": _signature(job),
+        "uws": f"{_root(request)}{ASYNC_PATH}/{job.job_id}",
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+# ----------------------------------------------------------------- raw files
+
+
+@html_errors
+async def raw_page(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    ids = [v for k, v in request.query.items() if k.upper() == "ID"]
+    path = request.match_info.get("path")
+    if path is not None:
+        ids = [f"ivo://{services.authority}/raw?{path}"]
+    if len(ids) != 1:
+        raise NotFoundError("name one raw file: /raw/PATH or /raw?ID=...")
+    found = await services.jobs.store.raw_files_by_id(ids)
+    if not found:
+        raise NotFoundError(f"no raw file {ids[0]!r} in this archive")
+    raw = found[0]
+    cascade = services.jobs.cascade
+    files = await services.jobs.raw_files()
+    # the same view of the file as DataLink's #proc and #calibration rows
+    reduction = await asyncio.to_thread(raw_reduction, cascade, files, raw)
+    frame = make_frame(cascade, raw)
+    root = _root(request)
+    target = reduction.default_target or ""
+    return render(
+        request,
+        "raw.html",
+        title=raw.path,
+        raw=raw,
+        frame=frame,
+        summary=[(k, raw.header[k]) for k in SUMMARY_KEYWORDS if k in raw.header],
+        derived=sorted((k, v) for k, v in frame.derived.items() if v is not None),
+        header=list(raw.header.items()),
+        reduction=reduction,
+        calibrations=[
+            {
+                "path": c.raw.path,
+                "url": "/raw/" + quote(c.raw.path),
+                "category": c.category,
+                "task": c.task,
+                "used_by": c.used_by,
+                "level": c.level,
+                "level_text": LEVEL_WORDS.get(c.level, "") if c.level is not None else "",
+            }
+            for c in reduction.calibrations
+        ],
+        groups=_parameter_groups(cascade, reduction.parameters),
+        datalink_url=f"{root}/datalink?ID={quote(raw.file_id, safe='')}",
+        plan_url=f"{root}/plan?" + urlencode({"ID": raw.file_id, "TARGET": target}),
+        file_url=f"{root}{FILES_PATH}/{quote(raw.path)}",
+        preview_url=raw_preview_url(root, raw),
+    )
+
+
+def _parameter_groups(
+    cascade: Cascade, parameters: Sequence[tuple[str, Param]]
+) -> list[dict[str, Any]]:
+    """Form fields grouped by task (``task.param``), workflow parameters last."""
+    descriptions = {t.name: t.description for t in cascade.tasks}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for name, param in parameters:
+        group = name.split(".", 1)[0] if "." in name else "workflow"
+        groups.setdefault(group, []).append(_field(name, param))
+    ordered = sorted(groups.items(), key=lambda item: item[0] == "workflow")
+    return [
+        {"name": name, "description": descriptions.get(name, ""), "fields": fields}
+        for name, fields in ordered
+    ]
+
+
+def _field(name: str, param: Param) -> dict[str, Any]:
+    """One form input; empty means the default (the form handler drops empty values)."""
+    if param.type == "bool":
+        kind, options = "select", ["true", "false"]
+    elif param.choices:
+        kind, options = "select", [str(c) for c in param.choices]
+    elif param.type in ("int", "float"):
+        kind, options = "number", []
+    else:
+        kind, options = "text", []
+    default = param.default
+    return {
+        "name": name,
+        "kind": kind,
+        "options": options,
+        "default": str(default).lower() if isinstance(default, bool) else str(default),
+        "description": param.description,
+        "min": param.minimum,
+        "max": param.maximum,
+        "step": "1" if param.type == "int" else "any",
+    }
+
+
+def raw_preview_url(root: str, raw: RawFile) -> str | None:
+    """The PNG that DataLink's #preview of a raw image points at (web/datalink.py draws it)."""
+    naxis = raw.header.get("NAXIS")
+    image = (isinstance(naxis, int) and naxis >= 2) or raw.path.lower().endswith(".fz")
+    if raw.problem or not image:
+        return None
+    return f"{root}{RAW_PREVIEWS_PATH}/{quote(raw.path)}.png"
 
 
 def add_routes(app: web.Application) -> None:
-    """No routes yet."""
+    r = app.router
+    r.add_get("/jobs", jobs_page)
+    r.add_post("/jobs", submit_job)
+    r.add_get("/jobs/{job_id}", job_page)
+    r.add_get("/jobs/{job_id}/panel", job_panel)
+    r.add_get("/jobs/{job_id}/status.json", job_status)
+    r.add_get("/raw", raw_page)
+    r.add_get("/raw/{path:.+}", raw_page)

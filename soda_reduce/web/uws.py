@@ -68,7 +68,7 @@ async def _job(request: web.Request) -> JobRecord:
 
 
 def results_of(request: web.Request, job: JobRecord) -> list[Result]:
-    """The products table first (id "result", as pyvo looks for), then products and logs."""
+    """The products table first (id "result", as pyvo looks for), products, logs, cutouts."""
     if job.phase != Phase.COMPLETED:
         return []
     url = job_url(request, job.job_id)
@@ -84,6 +84,10 @@ def results_of(request: web.Request, job: JobRecord) -> list[Result]:
             logs.add(row.step_key)
             base = row.access_url.rsplit("/", 1)[0]
             results.append(Result(f"log-{len(logs)}", f"{base}/recipe.log", "text/plain"))
+    # SODA cutouts (web/soda_sync.py serves them): one per product and combination of values
+    for n, item in enumerate(job.doc.get("cutouts") or [], start=1):
+        href = f"{url}/results/{item['name']}"
+        results.append(Result(f"cutout-{n}", href, item.get("content_type"), item.get("size")))
     return results
 
 
