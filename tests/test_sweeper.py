@@ -178,3 +178,16 @@ async def test_old_scratch_directories_are_removed(svc: Harness) -> None:
     report = await _sweeper(svc).sweep(collect=True)
     assert report.scratch_removed == 1
     assert not old.exists() and fresh.exists()
+
+
+async def test_cutouts_of_deleted_jobs_are_removed(svc: Harness) -> None:
+    kept = await svc.create({"ID": svc.complete_id})
+    gone = await svc.create({"ID": svc.complete_id})
+    root = svc.runtime.products.root / "cutouts"
+    for job_id in (kept, gone):
+        (root / job_id).mkdir(parents=True)
+        (root / job_id / "cutout-1.fits").write_bytes(b"x")
+    await svc.client.delete(f"/soda/async/{gone}")
+    report = await _sweeper(svc).sweep(collect=True)
+    assert report.cutouts_removed == [gone]
+    assert (root / kept).exists() and not (root / gone).exists()

@@ -73,6 +73,9 @@ async def test_run_at_creation_completes_with_products(svc: Harness) -> None:
     href = "{http://www.w3.org/1999/xlink}href"
     assert results["result"].get(href).endswith(f"/soda/async/{job_id}/results/result")
     assert all(r.get(href).startswith("http://") for r in results.values())
+    bundle = results["bundle-reduced"].get(href)
+    zipped = await svc.client.get(bundle.split(svc.base, 1)[1])
+    assert zipped.status == 200 and (await zipped.read())[:2] == b"PK"
     info = doc.find("uws:jobInfo", UWS)
     assert info is not None and len(info)
     schema = _uws_schema()

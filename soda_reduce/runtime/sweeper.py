@@ -41,6 +41,7 @@ class SweepReport:
     collected: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     scratch_removed: int = 0
+    cutouts_removed: list[str] = field(default_factory=list)
 
 
 class Sweeper:
@@ -119,6 +120,7 @@ class Sweeper:
         report.scratch_removed = await asyncio.to_thread(
             _remove_old, self.products.root / "scratch", cutoff
         )
+        await self._remove_orphan_cutouts(report)
         keep = await self.jobs.referenced_step_keys()
         steps = await asyncio.to_thread(_step_dirs, self.products.root / "steps")
         total = sum(size for _, size, _ in steps)
@@ -134,6 +136,18 @@ class Sweeper:
             total -= size
             report.collected.append(key)
             report.freed_bytes += size
+
+    async def _remove_orphan_cutouts(self, report: SweepReport) -> None:
+        """Cutouts belong to one job: remove those of jobs deleted or destroyed."""
+        root = self.products.root / "cutouts"
+        for job_id in await asyncio.to_thread(_job_dirs, root):
+            if await self.jobs.get(job_id, any_owner=True) is None:
+                await asyncio.to_thread(shutil.rmtree, root / job_id, True)
+                report.cutouts_removed.append(job_id)
+
+
+def _job_dirs(root: Path) -> list[str]:
+    return [entry.name for entry in os.scandir(root) if entry.is_dir()] if root.is_dir() else []
 
 
 def _remove_old(root: Path, cutoff: float) -> int:

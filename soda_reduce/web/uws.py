@@ -88,6 +88,9 @@ def results_of(request: web.Request, job: JobRecord) -> list[Result]:
     for n, item in enumerate(job.doc.get("cutouts") or [], start=1):
         href = f"{url}/results/{item['name']}"
         results.append(Result(f"cutout-{n}", href, item.get("content_type"), item.get("size")))
+    # download bundles, as PAWS offers them (web/bundles.py streams them)
+    for kind in ("reduced", "reduced-raw", "all"):
+        results.append(Result(f"bundle-{kind}", f"{url}/bundles/{kind}.zip", "application/zip"))
     return results
 
 
