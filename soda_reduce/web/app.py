@@ -17,7 +17,17 @@ from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.reduction.report import format_plan
 from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.store import Store
-from soda_reduce.web import archive, bundles, datalink, pages, products, soda_sync, uws, vosi
+from soda_reduce.web import (
+    archive,
+    bundles,
+    datalink,
+    pages,
+    products,
+    raw_page,
+    soda_sync,
+    uws,
+    vosi,
+)
 from soda_reduce.web.context import SERVICES, Services
 from soda_reduce.web.middleware import AuthConfig, auth_middleware, error_middleware
 
@@ -96,6 +106,6 @@ def build_app(
     if services is not None:
         app[SERVICES] = services
         services.events.add_listener(services.status_cache.on_event)
-        for module in (uws, products, soda_sync, datalink, vosi, archive, bundles, pages):
+        for module in (uws, products, soda_sync, datalink, vosi, archive, bundles, pages, raw_page):
             module.add_routes(app)
     return app

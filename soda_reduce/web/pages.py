@@ -24,21 +24,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from soda_reduce.reduction.cascade import Param
-from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame, make_frame
-from soda_reduce.reduction.plan import LEVEL_WORDS
+from soda_reduce.reduction.organisation import Frame
 from soda_reduce.reduction.tasks import Cascade
-from soda_reduce.runtime.datalinks import raw_reduction
 from soda_reduce.runtime.jobs import LIST_PROJECTION, JobRecord
 from soda_reduce.runtime.products import LOG_NAME
-from soda_reduce.vo.dali import DaliError, ForbiddenError, NotFoundError
+from soda_reduce.vo.dali import DaliError, ForbiddenError
 from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, format_time
 from soda_reduce.web.bundles import KINDS, bundle_url
 from soda_reduce.web.context import (
@@ -49,7 +45,6 @@ from soda_reduce.web.context import (
     owner_of,
     params_of,
 )
-from soda_reduce.web.datalink import FILES_PATH, RAW_PREVIEWS_PATH
 
 HERE = Path(__file__).parent
 POLL_MS = 1000  # the job page's polling interval while the job is active
@@ -84,7 +79,7 @@ def human_size(n: int | None) -> str:
     return f"{n} B" if units[0] == "B" else f"{size:.1f} {units[0]}"
 
 
-def _root(request: web.Request) -> str:
+def root_url(request: web.Request) -> str:
     """Prefix of every link: the configured public URL, else host-relative paths."""
     services = request.app.get(SERVICES)
     return services.base_url.rstrip("/") if services and services.base_url else ""
@@ -94,7 +89,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     services = request.app.get(SERVICES)
     context.setdefault("title", "soda-reduce")
     base = {
-        "root": _root(request),
+        "root": root_url(request),
         "owner": owner_of(request) if services else None,
         "services": services is not None,
     }
@@ -205,7 +200,7 @@ async def submit_job(request: web.Request) -> web.Response:
     if not any(k.upper() == "PHASE" for k, _ in pairs):
         pairs.append(("PHASE", "RUN"))
     job = await services.jobs.create(owner_of(request), pairs)
-    raise web.HTTPSeeOther(f"{_root(request)}/jobs/{job.job_id}")
+    raise web.HTTPSeeOther(f"{root_url(request)}/jobs/{job.job_id}")
 
 
 def _check_origin(request: web.Request) -> None:
@@ -248,7 +243,7 @@ def _existing_logs(services: Services, keys: list[str]) -> set[str]:
 
 async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
     services = request.app[SERVICES]
-    root = _root(request)
+    root = root_url(request)
     keys = [s["step_key"] for s in job.steps if s.get("step_key")]
     logs = await asyncio.to_thread(_existing_logs, services, keys)
     steps = [
@@ -332,110 +327,9 @@ async def job_status(request: web.Request) -> web.Response:
         ],
         "error": (job.error or {}).get("message"),
         "signature": _signature(job),
-        "uws": f"{_root(request)}{ASYNC_PATH}/{job.job_id}",
+        "uws": f"{root_url(request)}{ASYNC_PATH}/{job.job_id}",
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
-
-
-# ----------------------------------------------------------------- raw files
-
-
-@html_errors
-async def raw_page(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    ids = [v for k, v in request.query.items() if k.upper() == "ID"]
-    path = request.match_info.get("path")
-    if path is not None:
-        ids = [f"ivo://{services.authority}/raw?{path}"]
-    if len(ids) != 1:
-        raise NotFoundError("name one raw file: /raw/PATH or /raw?ID=...")
-    found = await services.jobs.store.raw_files_by_id(ids)
-    if not found:
-        raise NotFoundError(f"no raw file {ids[0]!r} in this archive")
-    raw = found[0]
-    cascade = services.jobs.cascade
-    files = await services.jobs.raw_files()
-    # the same view of the file as DataLink's #proc and #calibration rows
-    reduction = await asyncio.to_thread(raw_reduction, cascade, files, raw)
-    frame = make_frame(cascade, raw)
-    root = _root(request)
-    target = reduction.default_target or ""
-    return render(
-        request,
-        "raw.html",
-        title=raw.path,
-        raw=raw,
-        frame=frame,
-        summary=[(k, raw.header[k]) for k in SUMMARY_KEYWORDS if k in raw.header],
-        derived=sorted((k, v) for k, v in frame.derived.items() if v is not None),
-        header=list(raw.header.items()),
-        reduction=reduction,
-        calibrations=[
-            {
-                "path": c.raw.path,
-                "url": "/raw/" + quote(c.raw.path),
-                "category": c.category,
-                "task": c.task,
-                "used_by": c.used_by,
-                "level": c.level,
-                "level_text": LEVEL_WORDS.get(c.level, "") if c.level is not None else "",
-            }
-            for c in reduction.calibrations
-        ],
-        groups=_parameter_groups(cascade, reduction.parameters),
-        datalink_url=f"{root}/datalink?ID={quote(raw.file_id, safe='')}",
-        plan_url=f"{root}/plan?" + urlencode({"ID": raw.file_id, "TARGET": target}),
-        file_url=f"{root}{FILES_PATH}/{quote(raw.path)}",
-        preview_url=raw_preview_url(root, raw),
-    )
-
-
-def _parameter_groups(
-    cascade: Cascade, parameters: Sequence[tuple[str, Param]]
-) -> list[dict[str, Any]]:
-    """Form fields grouped by task (``task.param``), workflow parameters last."""
-    descriptions = {t.name: t.description for t in cascade.tasks}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for name, param in parameters:
-        group = name.split(".", 1)[0] if "." in name else "workflow"
-        groups.setdefault(group, []).append(_field(name, param))
-    ordered = sorted(groups.items(), key=lambda item: item[0] == "workflow")
-    return [
-        {"name": name, "description": descriptions.get(name, ""), "fields": fields}
-        for name, fields in ordered
-    ]
-
-
-def _field(name: str, param: Param) -> dict[str, Any]:
-    """One form input; empty means the default (the form handler drops empty values)."""
-    if param.type == "bool":
-        kind, options = "select", ["true", "false"]
-    elif param.choices:
-        kind, options = "select", [str(c) for c in param.choices]
-    elif param.type in ("int", "float"):
-        kind, options = "number", []
-    else:
-        kind, options = "text", []
-    default = param.default
-    return {
-        "name": name,
-        "kind": kind,
-        "options": options,
-        "default": str(default).lower() if isinstance(default, bool) else str(default),
-        "description": param.description,
-        "min": param.minimum,
-        "max": param.maximum,
-        "step": "1" if param.type == "int" else "any",
-    }
-
-
-def raw_preview_url(root: str, raw: RawFile) -> str | None:
-    """The PNG that DataLink's #preview of a raw image points at (web/datalink.py draws it)."""
-    naxis = raw.header.get("NAXIS")
-    image = (isinstance(naxis, int) and naxis >= 2) or raw.path.lower().endswith(".fz")
-    if raw.problem or not image:
-        return None
-    return f"{root}{RAW_PREVIEWS_PATH}/{quote(raw.path)}.png"
 
 
 def add_routes(app: web.Application) -> None:
@@ -445,5 +339,3 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/jobs/{job_id}", job_page)
     r.add_get("/jobs/{job_id}/panel", job_panel)
     r.add_get("/jobs/{job_id}/status.json", job_status)
-    r.add_get("/raw", raw_page)
-    r.add_get("/raw/{path:.+}", raw_page)
