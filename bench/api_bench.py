@@ -132,14 +132,7 @@ async def serve_api(args: argparse.Namespace) -> None:
     async with open_runtime(
         settings, store, archive, worker=False, sweeper=args.sweeper
     ) as runtime:
-        services = Services(
-            jobs=runtime.service,
-            events=runtime.events,
-            products=runtime.products,
-            authority=settings.authority,
-            base_url=settings.base_url,
-            wait_cap_s=settings.wait_cap_s,
-        )
+        services = Services.from_runtime(runtime, archive)
         auth = AuthConfig.load(
             settings.trusted_header, settings.tokens_file, settings.allow_anonymous
         )

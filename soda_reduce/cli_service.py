@@ -24,7 +24,6 @@ from soda_reduce.runtime.store import Store, open_store
 from soda_reduce.web.app import ServiceState, build_app
 from soda_reduce.web.context import Services
 from soda_reduce.web.middleware import AuthConfig
-from soda_reduce.web.status_cache import StatusCache
 
 
 async def _archive(settings: Settings, generate: bool) -> Path:
@@ -80,18 +79,7 @@ async def run_service(
                 print(f"soda-reduce worker {runtime.worker.worker_id} consuming", flush=True)
                 await _until_signal()
                 return
-            services = Services(
-                jobs=runtime.service,
-                events=runtime.events,
-                products=runtime.products,
-                authority=settings.authority,
-                base_url=settings.base_url,
-                wait_cap_s=settings.wait_cap_s,
-                pipeline=pipeline,
-                archive_root=archive,
-                settings=settings,
-                status_cache=StatusCache(settings.status_cache_s),
-            )
+            services = Services.from_runtime(runtime, archive, pipeline)
             auth = AuthConfig.load(
                 settings.trusted_header, settings.tokens_file, settings.allow_anonymous
             )

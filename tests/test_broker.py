@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,22 +28,15 @@ from soda_reduce.runtime.broker import (
     RabbitPlanQueue,
 )
 from soda_reduce.runtime.events import RabbitJobEvents
-
-URL = "amqp://guest:guest@127.0.0.1:5672/"
-CLOSED_URL = "amqp://guest:guest@127.0.0.1:1/"
-
-
-def _port_open(port: int = 5672) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-requires_rabbit = pytest.mark.skipif(
-    not _port_open(), reason="RabbitMQ refuses connections on 127.0.0.1:5672"
+from tests.support.rabbit import (
+    URL,
+    ensure_broker_running,
+    requires_rabbit,
+    run_command,
+    wait_port,
 )
+
+CLOSED_URL = "amqp://guest:guest@127.0.0.1:1/"
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -371,39 +363,6 @@ async def test_rabbit_delivery_limit(name: str, make: Any) -> None:
 # --------------------------------------------------------------------------- keep last
 
 
-async def _run(*argv: str, timeout: float = 60) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, out.decode(errors="replace")
-
-
-async def _wait_port(timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _port_open():
-            return True
-        await asyncio.sleep(0.2)
-    return False
-
-
-async def _ensure_broker_running() -> None:
-    """However the test went, leave RabbitMQ accepting connections."""
-    if _port_open():
-        return
-    try:
-        await _run("rabbitmqctl", "start_app")
-    except (AssertionError, TimeoutError):
-        await _run("rabbitmq-server", "-detached")
-    assert await _wait_port(60), "RabbitMQ did not come back"
-
-
 @requires_rabbit
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl not installed")
 async def test_broker_restart(name: str, make: Any) -> None:
@@ -427,15 +386,15 @@ async def test_broker_restart(name: str, make: Any) -> None:
         await plans.publish("job-held", {})
         await asyncio.wait_for(held.wait(), 5)
         await plans.publish("job-waiting", {})  # persistent, behind prefetch=1
-        await _run("rabbitmqctl", "stop_app")
+        await run_command("rabbitmqctl", "stop_app")
         outage = time.monotonic()
         with pytest.raises(BrokerUnavailable):  # fails fast while the broker is away
             await plans.publish("job-lost", {})
         late = await make(name, connect_timeout=1)  # starts anyway, connects later
         assert not await late.ping()
         assert time.monotonic() - outage < 3
-        await _run("rabbitmqctl", "start_app")
-        assert await _wait_port(60)
+        await run_command("rabbitmqctl", "start_app")
+        assert await wait_port(60)
         await eventually(lambda: _true(len(got) == 2), timeout=30)
         assert sorted(got) == [("job-held", True), ("job-waiting", False)]
         await eventually(late.ping, timeout=20)
@@ -449,7 +408,7 @@ async def test_broker_restart(name: str, make: Any) -> None:
                 event = await watch.wait(0.5)
         assert event == {"job_id": "job-e", "phase": "EXECUTING"}
     finally:
-        await _ensure_broker_running()
+        await ensure_broker_running()
         consumer.cancel()
         await asyncio.wait_for(asyncio.gather(consumer, return_exceptions=True), 15)
         await sender.close()

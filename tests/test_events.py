@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,21 +11,7 @@ import aio_pika
 import pytest
 
 from soda_reduce.runtime.events import JobEvents, RabbitJobEvents
-
-URL = "amqp://guest:guest@127.0.0.1:5672/"
-
-
-def _port_open() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-requires_rabbit = pytest.mark.skipif(
-    not _port_open(), reason="RabbitMQ refuses connections on 127.0.0.1:5672"
-)
+from tests.support.rabbit import URL, requires_rabbit
 
 
 @pytest.fixture

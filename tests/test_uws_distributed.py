@@ -43,15 +43,12 @@ from tests.support.cluster import (
     UWS,
     Cluster,
     UwsClient,
-    ensure_broker_running,
     eventually,
     phase_of,
-    port_open,
     progress_of,
     result_hrefs,
-    run_command,
-    wait_port,
 )
+from tests.support.rabbit import ensure_broker_running, port_open, run_command, wait_port
 from tests.support.uws_harness import uws_service
 
 LEASE_S = 6  # SODA_REDUCE_JOB_LEASE_S: a killed worker's job and steps are free after this

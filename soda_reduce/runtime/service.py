@@ -26,7 +26,12 @@ from soda_reduce.runtime.broker import BrokerUnavailable, PlanQueue
 from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
 from soda_reduce.runtime.store import Store
-from soda_reduce.vo.dali import ForbiddenError, NotFoundError, UsageError
+from soda_reduce.vo.dali import (
+    ForbiddenError,
+    NotFoundError,
+    UsageError,
+    case_insensitive_params,
+)
 from soda_reduce.vo.soda import parse_soda
 from soda_reduce.vo.uws import (
     ACTIVE,
@@ -64,13 +69,6 @@ class ReductionRequest:
     parameters: dict[str, str]  # task.param and workflow parameters, as given
 
 
-def _grouped(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for name, value in pairs:
-        grouped.setdefault(name.upper(), []).append(value)
-    return grouped
-
-
 class JobService:
     def __init__(
         self,
@@ -96,7 +94,7 @@ class JobService:
         Names are case-insensitive. Unknown bare names are kept and ignored, as DALI
         asks of services; ``task.param`` names must name a real task parameter.
         """
-        grouped = _grouped(pairs)
+        grouped = case_insensitive_params(pairs)
         for name in SINGLE:
             if len(grouped.get(name, [])) > 1:
                 raise UsageError(f"parameter {name} given {len(grouped[name])} times")
@@ -173,7 +171,7 @@ class JobService:
     # ------------------------------------------------------------ lifecycle
 
     async def create(self, owner: str | None, pairs: Sequence[tuple[str, str]]) -> JobRecord:
-        grouped = _grouped(pairs)
+        grouped = case_insensitive_params(pairs)
         duration, destruction, phase = self.control_values(grouped)
         if phase not in (None, Phase.QUEUED):
             raise UsageError("PHASE at creation may only be RUN")
@@ -201,7 +199,7 @@ class JobService:
         """POST to {job}/parameters: replace values by name, only while PENDING."""
         if job.phase != Phase.PENDING:
             raise ForbiddenError(f"parameters cannot change in phase {job.phase.value}")
-        grouped = _grouped(pairs)
+        grouped = case_insensitive_params(pairs)
         duration, destruction, phase = self.control_values(grouped)
         new = [(n if "." in n else n.upper(), v) for n, v in pairs if n.upper() not in CONTROL]
         replaced = {n.upper() for n, _ in new}
@@ -338,25 +336,22 @@ class JobService:
             await self.publish(job.job_id)
         return await self.get(job.job_id, job.owner)
 
-    async def publish(self, job_id: str) -> bool:
-        """Hand the job to the broker; mark it published once confirmed (the outbox)."""
-        try:
-            await self.queue.publish(job_id, {"job_id": job_id})
-        except BrokerUnavailable as exc:
-            log.warning("job %s: plan not published yet (%s); the sweeper retries", job_id, exc)
-            return False
-        await self.jobs.update_if(
-            job_id, {"published": False}, {"published": True, "published_time": utcnow()}
-        )
-        return True
+    async def publish(self, job_id: str, *, again: bool = False) -> bool:
+        """Hand the job to the broker; False if it could not confirm (the sweeper retries).
 
-    async def publish_again(self, job_id: str) -> bool:
-        """Publish a job already marked published (its worker died; no broker redelivers)."""
+        A first publication marks the job published once confirmed (the outbox);
+        ``again`` re-publishes a job already marked (its worker died, and in embedded
+        mode no broker redelivers).
+        """
         try:
             await self.queue.publish(job_id, {"job_id": job_id})
         except BrokerUnavailable as exc:
-            log.warning("job %s: could not publish again (%s)", job_id, exc)
+            log.warning("job %s: plan not published (%s); the sweeper retries", job_id, exc)
             return False
+        if not again:
+            await self.jobs.update_if(
+                job_id, {"published": False}, {"published": True, "published_time": utcnow()}
+            )
         return True
 
     async def estimate_seconds(self, plan: ReductionPlan) -> float:

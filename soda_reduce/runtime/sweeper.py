@@ -92,7 +92,7 @@ class Sweeper:
                 "republished_time": job.doc.get("republished_time"),
             }
             marked = await self.jobs.update_if(job.job_id, expect, {"republished_time": now})
-            if marked and await self.service.publish_again(job.job_id):
+            if marked and await self.service.publish(job.job_id, again=True):
                 report.republished.append(job.job_id)
         for job in await self.jobs.overdue(now - self.lease_grace):
             if job.lease_until is not None and job.lease_until > now:

@@ -115,32 +115,28 @@ def collect_members(services: Services, job: JobRecord, kind: str) -> list[Membe
             return
         members.append(Member(f"{root}/{name}", path, stat.st_size, kind_, stat.st_mtime, **extra))
 
+    def add_product(name: str, row: dict[str, Any]) -> None:
+        add(
+            name,
+            products.step_dir(row["step_key"]) / row["file"],
+            "product",
+            id=product_id(services.authority, row["step_key"], row["file"]),
+            category=row.get("category", ""),
+            task=row.get("task", ""),
+        )
+
     rows = job.results
     if kind in ("reduced", "reduced-raw"):
         rows = [r for r in rows if r.get("target") and r.get("category") != PREVIEW]
         names = _disambiguate([r["file"] for r in rows], [r["step_key"] for r in rows])
         for row, name in zip(rows, names, strict=True):
-            add(
-                f"reduced/{name}",
-                products.step_dir(row["step_key"]) / row["file"],
-                "product",
-                id=product_id(services.authority, row["step_key"], row["file"]),
-                category=row.get("category", ""),
-                task=row.get("task", ""),
-            )
+            add_product(f"reduced/{name}", row)
     else:
         steps: dict[str, str] = {}
         for row in rows:
             folder = f"steps/{row.get('task', 'step')}-{row['step_key'][:12]}"
             steps.setdefault(row["step_key"], folder)
-            add(
-                f"{folder}/{row['file']}",
-                products.step_dir(row["step_key"]) / row["file"],
-                "product",
-                id=product_id(services.authority, row["step_key"], row["file"]),
-                category=row.get("category", ""),
-                task=row.get("task", ""),
-            )
+            add_product(f"{folder}/{row['file']}", row)
         for key, folder in steps.items():
             for name, what in ((LOG_NAME, "log"), (MANIFEST, "manifest")):
                 path = products.step_dir(key) / name

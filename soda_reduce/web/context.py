@@ -16,6 +16,7 @@ from lxml import etree
 
 from soda_reduce.config import Settings
 from soda_reduce.runtime.events import JobEvents
+from soda_reduce.runtime.host import Runtime
 from soda_reduce.runtime.jobs import JobRecord
 from soda_reduce.runtime.products import ProductStore
 from soda_reduce.runtime.service import JobService
@@ -42,6 +43,23 @@ class Services:
     settings: Settings | None = None
     stopping: bool = False  # set at shutdown: WAIT no longer blocks
     status_cache: StatusCache = field(default_factory=StatusCache)
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime, archive_root: Path, pipeline: str = "ccd") -> Services:
+        """The services of a process assembled by ``runtime.host.open_runtime``."""
+        settings = runtime.settings
+        return cls(
+            jobs=runtime.service,
+            events=runtime.events,
+            products=runtime.products,
+            authority=settings.authority,
+            base_url=settings.base_url,
+            wait_cap_s=settings.wait_cap_s,
+            pipeline=pipeline,
+            archive_root=archive_root,
+            settings=settings,
+            status_cache=StatusCache(settings.status_cache_s),
+        )
 
     def stop_waits(self) -> None:
         self.stopping = True

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 from aiohttp import web
-from multidict import MultiDict
 
 from soda_reduce.runtime.jobs import JobRecord
-from soda_reduce.vo.dali import VOTABLE_MEDIA_TYPE, ForbiddenError, UsageError
+from soda_reduce.vo.dali import (
+    VOTABLE_MEDIA_TYPE,
+    ForbiddenError,
+    UsageError,
+    case_insensitive_params,
+    single,
+)
 from soda_reduce.vo.results import PRODUCTS_MEDIA_TYPE, render_products_votable
 from soda_reduce.vo.uws import (
     ACTIVE,
@@ -26,8 +32,6 @@ from soda_reduce.vo.uws import (
     Phase,
     Result,
     format_time,
-    parse_destruction,
-    parse_execution_duration,
     parse_job_list_filters,
     parse_wait,
     render_error_summary,
@@ -155,10 +159,8 @@ async def create_job(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    query = MultiDict((k.upper(), v) for k, v in request.query.items())
-    if len(query.getall("WAIT", [])) > 1 or len(query.getall("PHASE", [])) > 1:
-        raise UsageError("WAIT and PHASE may be given once")
-    wait = query.get("WAIT")
+    query = case_insensitive_params(request.query.items())
+    wait, expected = single(query, "WAIT"), single(query, "PHASE")
     cache = services.status_cache
     if wait is None and cache.enabled and services.events.reliable:
         key = (request.match_info["job_id"], owner_of(request), base_url(request))
@@ -174,7 +176,6 @@ async def get_job(request: web.Request) -> web.Response:
             seconds = parse_wait(wait)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        expected = query.get("PHASE")
         if expected is not None:
             try:
                 expected_phase = Phase(expected.strip().upper())
@@ -218,11 +219,10 @@ async def post_job(request: web.Request) -> web.Response:
     """POST to the job: ACTION=DELETE (UWS 1.1 2.2.3.1); also accepts PHASE and times."""
     services = request.app[SERVICES]
     pairs = await params_of(request)
-    upper = MultiDict((k.upper(), v) for k, v in pairs)
     job = await _job(request)
-    action = upper.getall("ACTION", [])
-    if action:
-        if len(action) > 1 or action[0].strip().upper() != "DELETE":
+    action = single(case_insensitive_params(pairs), "ACTION")
+    if action is not None:
+        if action.strip().upper() != "DELETE":
             raise UsageError("ACTION must be DELETE")
         await services.jobs.delete(job.job_id, owner_of(request))
         return _see_other(f"{base_url(request)}{ASYNC_PATH}?PHASE=PENDING&LAST=1")
@@ -243,16 +243,20 @@ async def get_phase(request: web.Request) -> web.Response:
     return _text((await _job(request)).phase.value)
 
 
+async def _control(
+    request: web.Request, name: str
+) -> tuple[int | None, datetime | None, Phase | None]:
+    """(executionDuration, destruction, phase) parsed by the job service; ``name`` once."""
+    grouped = case_insensitive_params(await params_of(request))
+    if len(grouped.get(name, [])) != 1:
+        raise UsageError(f"{name} must be given exactly once")
+    return request.app[SERVICES].jobs.control_values({name: grouped[name]})
+
+
 async def post_phase(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    pairs = await params_of(request)
-    values = [v for k, v in pairs if k.upper() == "PHASE"]
-    if len(values) != 1:
-        raise UsageError("PHASE must be given once, as RUN or ABORT")
+    _, _, target = await _control(request, "PHASE")
     job = await _job(request)
-    _, _, target = services.jobs.control_values({"PHASE": values})
-    assert target is not None
-    await services.jobs.change_phase(job, target)
+    await request.app[SERVICES].jobs.change_phase(job, target)
     return _see_other(job_url(request, job.job_id))
 
 
@@ -261,14 +265,9 @@ async def get_execution_duration(request: web.Request) -> web.Response:
 
 
 async def post_execution_duration(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    value = _single(await params_of(request), "EXECUTIONDURATION")
-    try:
-        seconds = parse_execution_duration(value)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    seconds, _, _ = await _control(request, "EXECUTIONDURATION")
     job = await _job(request)
-    await services.jobs.set_execution_duration(job, seconds)
+    await request.app[SERVICES].jobs.set_execution_duration(job, seconds)
     return _see_other(job_url(request, job.job_id))
 
 
@@ -278,22 +277,10 @@ async def get_destruction(request: web.Request) -> web.Response:
 
 
 async def post_destruction(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    value = _single(await params_of(request), "DESTRUCTION")
-    try:
-        when = parse_destruction(value)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    _, when, _ = await _control(request, "DESTRUCTION")
     job = await _job(request)
-    await services.jobs.set_destruction(job, when)
+    await request.app[SERVICES].jobs.set_destruction(job, when)
     return _see_other(job_url(request, job.job_id))
-
-
-def _single(pairs: list[tuple[str, str]], name: str) -> str:
-    values = [v for k, v in pairs if k.upper() == name]
-    if len(values) != 1:
-        raise UsageError(f"{name} must be given exactly once")
-    return values[0]
 
 
 async def get_error(request: web.Request) -> web.Response:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,19 +29,12 @@ from lxml import etree
 from soda_reduce.runtime.process import die_with_parent
 from soda_reduce.runtime.store.embedded import free_port
 from soda_reduce.vo.jobinfo import JOBINFO_NS
+from tests.support.rabbit import port_open
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 UWS = {"uws": "http://www.ivoa.net/xml/UWS/v1.0", "xlink": "http://www.w3.org/1999/xlink"}
 FINAL = ("COMPLETED", "ERROR", "ABORTED")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def port_open(port: int = 5672, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 async def eventually(
@@ -280,41 +272,6 @@ class Cluster:
 
 
 # --------------------------------------------------------------------------- RabbitMQ
-
-
-async def run_command(*argv: str, timeout: float = 60) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, f"{' '.join(argv)}: {text}"
-    return text
-
-
-async def wait_port(timeout: float, port: int = 5672) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(port):
-            return True
-        await asyncio.sleep(0.2)
-    return False
-
-
-async def ensure_broker_running() -> None:
-    """However the test went, leave RabbitMQ accepting connections."""
-    if port_open():
-        return
-    try:
-        await run_command("rabbitmqctl", "start_app")
-    except (AssertionError, TimeoutError):
-        await run_command("rabbitmq-server", "-detached")
-    assert await wait_port(60), "RabbitMQ did not come back"
 
 
 # --------------------------------------------------------------------------- UWS client

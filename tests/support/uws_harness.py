@@ -105,15 +105,7 @@ async def uws_service(
     async with open_runtime(
         settings, store, archive, worker=worker, sweeper=sweeper, worker_config=config
     ) as runtime:
-        services = Services(
-            jobs=runtime.service,
-            events=runtime.events,
-            products=runtime.products,
-            authority=settings.authority,
-            wait_cap_s=settings.wait_cap_s,
-            archive_root=archive,
-            settings=settings,
-        )
+        services = Services.from_runtime(runtime, archive)
         app = build_app(ServiceState(store, get_cascade("ccd"), str(archive)), services, auth)
         client = TestClient(TestServer(app))
         await client.start_server()
