@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,13 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from soda_reduce.config import Settings
-from soda_reduce.pipelines import PIPELINES, get_cascade
-from soda_reduce.reduction.graph import cascade_dot, plan_dot
-from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import classify_all
-from soda_reduce.reduction.plan import PlanRequestError
-from soda_reduce.reduction.planner import plan_reduction
-from soda_reduce.reduction.report import format_plan
+from soda_reduce.reduction.graph import cascade_dot
 from soda_reduce.runtime.render import write_graph
 
 
@@ -65,26 +58,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.with_(**changes) if changes else settings
 
 
-async def _indexed_files(
-    settings: Settings, archive: Path, show_progress: bool
-) -> tuple[list[RawFile], Any]:
-    from soda_reduce.runtime.indexer import index_archive
-    from soda_reduce.runtime.store import open_store
-
-    progress = _Progress("indexing", show_progress)
-    async with open_store(settings) as store:
-        report = await index_archive(
-            store,
-            archive,
-            authority=settings.authority,
-            checksum_mode=settings.checksum_mode,
-            progress=progress,
-        )
-        progress.close()
-        files = await store.all_raw_files()
-    return files, report
-
-
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from soda_reduce.pipelines.ccd.demo import generate_demo_archive
 
@@ -103,181 +76,42 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_index(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    archive = Path(args.archive).resolve()
-    files, report = asyncio.run(_indexed_files(settings, archive, sys.stderr.isatty()))
-    cascade = get_cascade(args.pipeline)
-    frames = classify_all(cascade, files)
-    rows = [
-        {
-            "id": f.file_id,
-            "path": f.raw.path,
-            "category": f.category,
-            "night": f.night,
-            "problem": f.raw.problem,
-        }
-        for f in sorted(frames, key=lambda fr: fr.raw.path)
-    ]
-    if args.json:
-        summary = {
-            "added": report.added,
-            "updated": report.updated,
-            "removed": report.removed,
-            "unchanged": report.unchanged,
-        }
-        print(json.dumps({"archive": str(archive), "report": summary, "files": rows}, indent=2))
-        return 0
-    width = max((len(r["id"]) for r in rows), default=10)
-    for row in rows:
-        status = row["category"] or ("-" if row["problem"] else "unclassified")
-        note = f"  PROBLEM: {row['problem']}" if row["problem"] else ""
-        print(f"{row['id']:<{width}}  {status:<12}{note}")
-    counts: dict[str, int] = {}
-    for row in rows:
-        key = row["category"] or ("problem" if row["problem"] else "unclassified")
-        counts[key] = counts.get(key, 0) + 1
-    print(
-        f"\n{len(rows)} files: "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        + f"  (index: {report.added} added, {report.updated} updated, "
-        f"{report.removed} removed, {report.unchanged} unchanged)"
-    )
-    return 0
+def _archive_command(name: str) -> Any:
+    def command(args: argparse.Namespace) -> int:
+        from soda_reduce import cli_archive
 
-
-def _parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"{what} must be NAME=VALUE, got {item!r}")
-        name, value = item.split("=", 1)
-        pairs[name.strip()] = value.strip()
-    return pairs
-
-
-def _plan_from_args(cascade: Any, files: list[RawFile], args: argparse.Namespace) -> Any:
-    """The plan the command line asks for, or None (reason printed) for a bad request."""
-    try:
-        return plan_reduction(
-            cascade,
-            files,
-            target=args.target,
-            ids=args.id or (),
-            where=_parse_pairs(args.where or (), "--where"),
-            parameters=_parse_pairs(args.param or (), "--param"),
-        )
-    except PlanRequestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    archive = Path(args.archive).resolve()
-    files, _ = asyncio.run(_indexed_files(settings, archive, sys.stderr.isatty()))
-    cascade = get_cascade(args.pipeline)
-    plan = _plan_from_args(cascade, files, args)
-    if plan is None:
-        return 2
-    if args.graph:
-        written = write_graph(plan_dot(plan), Path(args.graph))
-        print(f"plan graph written to {written}", file=sys.stderr)
-    if args.json:
-        print(plan.to_json(indent=2))
-    else:
-        print(format_plan(plan, verbose=args.verbose), end="")
-    return 0
-
-
-async def _reduce(settings: Settings, args: argparse.Namespace) -> int:
-    from soda_reduce.runtime.executors.local import LocalExecutor
-    from soda_reduce.runtime.indexer import index_archive
-    from soda_reduce.runtime.products import ProductStore
-    from soda_reduce.runtime.runner import PlanRunner, RunnerConfig
-    from soda_reduce.runtime.store import open_store
-
-    archive = Path(args.archive).resolve()
-    out = Path(args.out).resolve()
-    show = sys.stderr.isatty()
-    async with open_store(settings) as store:
-        await index_archive(
-            store, archive, authority=settings.authority, checksum_mode=settings.checksum_mode
-        )
-        files = await store.all_raw_files()
-        plan = _plan_from_args(get_cascade(args.pipeline), files, args)
-        if plan is None:
-            return 2
-        skipped = [d for d in plan.datasets if not d.complete]
-        for dataset in skipped:
-            print(f"not reduced: {dataset.label}: {'; '.join(dataset.reasons)}", file=sys.stderr)
-        runnable = plan.runnable_jobs()
-        bar = tqdm(
-            total=len(runnable), desc="steps", unit="step", file=sys.stderr, disable=not show
-        )
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event["type"] == "progress":
-                bar.n = event["done"] + event["failed"]
-                bar.set_postfix_str(", ".join(event["running"])[:60])
-                bar.refresh()
-
-        if args.executor == "kubernetes":
-            from soda_reduce.runtime.executors.kubernetes import (
-                KubernetesConfig,
-                KubernetesExecutor,
-            )
-
-            executor: Any = KubernetesExecutor(KubernetesConfig.from_env())
-        else:
-            executor = LocalExecutor(concurrency=args.jobs)
-        runner = PlanRunner(
-            store,
-            executor,
-            ProductStore(out),
-            archive,
-            config=RunnerConfig(max_attempts=args.max_attempts, rerun=args.rerun),
-            on_event=on_event,
-            pipeline=args.pipeline,
-        )
+        progress = _Progress("indexing", sys.stderr.isatty())
         try:
-            outcome = await runner.run(plan)
+            if name == "index":
+                return cli_archive.run_command(
+                    lambda s, a: cli_archive.cmd_index(s, a, progress), _settings(args), args
+                )
+            if name == "plan":
+                return cli_archive.run_command(
+                    lambda s, a: cli_archive.cmd_plan(s, a, progress), _settings(args), args
+                )
+            return cli_archive.run_command(
+                lambda s, a: asyncio.run(cli_archive.reduce_archive(s, a)), _settings(args), args
+            )
         finally:
-            bar.close()
-            await executor.close()
-    products = ProductStore(out)
-    results = []
-    for dataset in plan.datasets:
-        job = plan.job(dataset.target_job)
-        state = outcome.jobs.get(job.job_id)
-        entry: dict[str, Any] = {"dataset": dataset.label, "complete": dataset.complete}
-        if state is not None:
-            entry.update(status=state.status, step_key=job.step_key, error=state.error)
-            if state.status in ("done", "cached") and job.step_key:
-                entry["directory"] = str(products.step_dir(job.step_key))
-        results.append(entry)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    cached, done = outcome.count("cached"), outcome.count("done")
-    failed, skipped_jobs = outcome.count("failed"), outcome.count("skipped")
-    print(
-        f"{len(runnable)} steps in {outcome.wall_seconds:.1f} s: {done} computed, {cached} reused "
-        f"from the cache, {failed} failed, {skipped_jobs} skipped"
-    )
-    if runnable and cached == len(runnable):
-        print("all steps were cache hits: nothing was recomputed")
-    for entry in results:
-        where = entry.get("directory") or entry.get("error") or "not reduced"
-        print(f"  {entry['dataset']}: {entry.get('status', 'incomplete')}  {where}")
-    print(f"results: {out / 'results.json'}")
-    return 0 if outcome.ok else 1
+            progress.close()
+
+    return command
 
 
-def cmd_reduce(args: argparse.Namespace) -> int:
-    return asyncio.run(_reduce(_settings(args), args))
+cmd_index = _archive_command("index")
+cmd_plan = _archive_command("plan")
+cmd_reduce = _archive_command("reduce")
 
 
 def cmd_cascade(args: argparse.Namespace) -> int:
-    cascade = get_cascade(args.pipeline)
+    from soda_reduce.pipelines import registry
+
+    try:
+        cascade = registry().get(args.pipeline).cascade
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
     dot = cascade_dot(cascade)
     if args.graph:
         written = write_graph(dot, Path(args.graph))
@@ -314,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mongo-url", help="MongoDB URL; default: embedded store")
         p.add_argument("--authority", help="IVOA authority for raw-file identifiers")
         p.add_argument("--checksum", choices=("full", "fast"), help="file checksum mode")
-        p.add_argument("--pipeline", default="ccd", choices=sorted(PIPELINES))
+        p.add_argument("--pipeline", help="only this pipeline (default: every installed one)")
 
     demo = sub.add_parser("demo-data", help="write a realistic raw CCD archive")
     demo.add_argument("dir")
@@ -382,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     casc = sub.add_parser("cascade", help="show a pipeline's cascade as a graph")
     casc.add_argument("--graph", help="write to a file (.dot, or .svg with Graphviz)")
-    casc.add_argument("--pipeline", default="ccd", choices=sorted(PIPELINES))
+    casc.add_argument("--pipeline", default="ccd", help="pipeline name (default: ccd)")
     casc.set_defaults(func=cmd_cascade)
     return parser
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from aiohttp import web
 
 from soda_reduce.config import Settings
-from soda_reduce.pipelines import get_cascade
+from soda_reduce.pipelines import registry
+from soda_reduce.runtime.claims import annotator_for
 from soda_reduce.runtime.host import open_runtime
 from soda_reduce.runtime.indexer import index_archive
 from soda_reduce.runtime.store import Store, open_store
@@ -43,8 +44,13 @@ async def _archive(settings: Settings, generate: bool) -> Path:
 
 
 async def _index(store: Store, settings: Settings, archive: Path) -> None:
+    annotator = annotator_for(registry(), settings.data_dir, settings.overrides_path)
     report = await index_archive(
-        store, archive, authority=settings.authority, checksum_mode=settings.checksum_mode
+        store,
+        archive,
+        authority=settings.authority,
+        checksum_mode=settings.checksum_mode,
+        annotator=annotator,
     )
     print(f"archive {archive}: {report.summary()}", flush=True)
 
@@ -84,7 +90,7 @@ async def run_service(
                 settings.trusted_header, settings.tokens_file, settings.allow_anonymous
             )
             app = build_app(
-                ServiceState(store, get_cascade(pipeline), str(archive)), services, auth
+                ServiceState(store, runtime.service.pipelines, str(archive)), services, auth
             )
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -110,7 +116,7 @@ def main(settings: Settings, args, *, api: bool, worker: bool, generate_demo: bo
             settings,
             host=getattr(args, "host", "127.0.0.1"),
             port=getattr(args, "port", 0),
-            pipeline=args.pipeline,
+            pipeline=args.pipeline or "ccd",
             api=api,
             worker=worker,
             generate_demo=generate_demo,

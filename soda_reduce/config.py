@@ -40,6 +40,8 @@ class Settings:
     amqp_exchange: str = "soda_reduce.job_events"  # the job events fanout exchange
     executor: str = "local"  # local | kubernetes
     products_dir: Path | None = None  # default: data_dir / "products"
+    overrides_file: Path | None = None  # default: data_dir / "overrides.txt"
+    static_dir: Path | None = None  # operator's static calibrations; default: archive/_static
     worker_jobs: int = 2  # plans a worker runs at once (the RabbitMQ prefetch)
     job_lease_s: float = 30.0  # a dead worker's jobs and steps are taken over after this
     # the UWS service
@@ -67,6 +69,16 @@ class Settings:
     def products_root(self) -> Path:
         return self.products_dir or self.data_dir / "products"
 
+    @property
+    def overrides_path(self) -> Path:
+        return self.overrides_file or self.data_dir / "overrides.txt"
+
+    def static_root(self, archive: Path | None) -> Path | None:
+        """Where operators put static calibrations: ``DIR/<pipeline>/library.json``."""
+        if self.static_dir is not None:
+            return self.static_dir
+        return archive / "_static" if archive is not None else None
+
     @classmethod
     def from_env(cls) -> Settings:
         archive = _env("ARCHIVE")
@@ -83,6 +95,8 @@ class Settings:
             or "soda_reduce.job_events",
             executor=_env("EXECUTOR", "local") or "local",
             products_dir=_path(_env("PRODUCTS")),
+            overrides_file=_path(_env("OVERRIDES")),
+            static_dir=_path(_env("STATIC_DIR")),
             worker_jobs=int(_env("WORKER_JOBS", "2") or 2),
             job_lease_s=float(_env("JOB_LEASE_S", "30") or 30),
             base_url=_env("BASE_URL"),

@@ -22,7 +22,8 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from soda_reduce.pipelines import get_cascade
+from soda_reduce.pipelines import registry
+from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.executors.local import LocalExecutor
 from soda_reduce.runtime.indexer import index_archive
 from soda_reduce.runtime.runner import RunnerConfig
@@ -213,7 +214,7 @@ async def test_preview_app_without_services_serves_the_index(
 ) -> None:
     """``build_app`` without services (plan previews only): the index works, no job links."""
     await index_archive(store, demo_archive, authority="example.org", checksum_mode="fast")
-    app = build_app(ServiceState(store, get_cascade("ccd"), "demo <archive>"))
+    app = build_app(ServiceState(store, ArchivePipelines(registry()), "demo <archive>"))
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/")
         page = await response.text()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from soda_reduce.reduction.cascade import Param
+from soda_reduce.reduction.static import PIPELINE_SCHEME
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the recipe ran and could not produce its products
@@ -60,6 +61,11 @@ class RecipeInput:
     file_id: str | None = None
     checksum: str | None = None
     step_key: str | None = None
+    types: tuple[str, ...] = ()  # every type of a raw frame that has several
+
+    @property
+    def all_types(self) -> tuple[str, ...]:
+        return self.types or (self.category,)
 
     @property
     def ref(self) -> str:
@@ -87,15 +93,37 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A runnable recipe: name, version, accepted inputs, typed parameters, main product."""
+    """A runnable recipe: name, version, accepted inputs, typed parameters, products.
+
+    ``run`` is the function, or ``"module:function"`` imported only when the recipe
+    runs, so that loading a pipeline never imports its heavy science code.
+    ``outputs`` are the categories made beyond the main ``product``.
+    """
 
     name: str
     version: str
     product: str
-    run: Callable[[RecipeCall], None]
+    run: Callable[[RecipeCall], None] | str
     inputs: tuple[InputSpec, ...]
     parameters: tuple[Param, ...] = ()
     description: str = ""
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        return (self.product, *self.outputs)
+
+    def accepts(self, category: str) -> bool:
+        return any(spec.category in (ANY, category) for spec in self.inputs)
+
+    def invoke(self, call: RecipeCall) -> None:
+        function = self.run
+        if isinstance(function, str):
+            module_name, _, attribute = function.partition(":")
+            from importlib import import_module
+
+            function = getattr(import_module(module_name), attribute)
+        function(call)
 
     def check_inputs(self, inputs: Sequence[RecipeInput]) -> None:
         known = {spec.category for spec in self.inputs}
@@ -150,6 +178,8 @@ class Product:
     qc: dict[str, float | int] = field(default_factory=dict)
     main: bool = False
     preview_of: str | None = None
+    serves: tuple[str, ...] = ()  # main inputs (IVOA IDs) this is the main product for
+    auxiliary: bool = False  # QA plots, text spectra, logs: DataLink #auxiliary
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -165,6 +195,10 @@ class Product:
             doc["qc"] = dict(self.qc)
         if self.preview_of:
             doc["preview_of"] = self.preview_of
+        if self.serves:
+            doc["serves"] = list(self.serves)
+        if self.auxiliary:
+            doc["auxiliary"] = True
         return doc
 
 
@@ -202,8 +236,14 @@ class RecipeCall:
         qc: Mapping[str, float | int] | None = None,
         main: bool = False,
         preview_of: str | None = None,
+        serves: Sequence[str] = (),
+        auxiliary: bool = False,
     ) -> Product:
-        """Record a file already written in OUTDIR (size and sha256 are read from it)."""
+        """Record a file already written in OUTDIR (size and sha256 are read from it).
+
+        ``serves`` names the main inputs a main product is for, when one step reduces
+        several (a science frame and its standard star); ``auxiliary`` marks QA plots,
+        text spectra and logs."""
         path = self.out / filename
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
@@ -216,6 +256,8 @@ class RecipeCall:
             _plain_qc(qc or {}),
             main,
             preview_of,
+            tuple(serves),
+            auxiliary,
         )
         self.products.append(product)
         return product
@@ -272,7 +314,10 @@ def load_inputs(path: Path, recipe: Recipe) -> tuple[dict[str, Any], tuple[Recip
         role = entry.get("role") or "main"
         if role not in ROLES:
             raise RecipeUsageError(f"{path}: input {n} has role {role!r}, not one of {ROLES}")
-        file_path = Path(entry["path"])
+        if str(entry["path"]).startswith(PIPELINE_SCHEME):
+            file_path = _shipped_file(str(entry["path"]), path, n)
+        else:
+            file_path = Path(entry["path"])
         if not file_path.is_absolute():
             file_path = path.parent / file_path
         items.append(
@@ -283,9 +328,21 @@ def load_inputs(path: Path, recipe: Recipe) -> tuple[dict[str, Any], tuple[Recip
                 file_id=entry.get("file_id"),
                 checksum=entry.get("checksum"),
                 step_key=entry.get("step_key"),
+                types=tuple(str(x).upper() for x in entry.get("types") or ()),
             )
         )
     return doc, tuple(items)
+
+
+def _shipped_file(reference: str, inputs_path: Path, number: int) -> Path:
+    """``pipeline:NAME/FILE``: a static calibration shipped inside a pipeline package,
+    found through the same registry in a local process and in a pod."""
+    from soda_reduce.pipelines import registry
+
+    try:
+        return registry().static_path(reference)
+    except (KeyError, ValueError) as exc:
+        raise RecipeUsageError(f"{inputs_path}: input {number}: {exc}") from None
 
 
 def load_params(path: Path | None, recipe: Recipe) -> dict[str, Any]:
@@ -321,7 +378,7 @@ def execute(recipe: Recipe, inputs_path: Path, params_path: Path | None, out: Pa
             json.dumps(params, sort_keys=True),
             call.step_key[:12] or "-",
         )
-        recipe.run(call)
+        recipe.invoke(call)
         manifest = call.write_manifest()
     except RecipeUsageError as exc:
         log.error("usage error: %s", exc)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from soda_reduce.reduction.cascade import DataSource, MatchLevel, TimeClustering, TimeWindow
 from soda_reduce.reduction.organisation import Frame, FrameGroup, frames_of, group_frames
+from soda_reduce.reduction.overrides import groups_overlap
 from soda_reduce.reduction.plan import AssociationResult, PlanJob
 from soda_reduce.reduction.rules import normalise, show
 from soda_reduce.reduction.tasks import AssociatedInput, Task
@@ -196,6 +197,12 @@ class Associator:
                 return result, picked
         last = spec.rule.levels[-1]
         conditions = ", ".join(f"{k}={show(ref.get(k))}" for k in last.keywords)
+        if last.tolerances:
+            conditions = ", ".join(filter(None, (conditions, last.describe_tolerances(ref))))
+        if ref.calib_groups is not None:
+            conditions = ", ".join(
+                filter(None, (conditions, f"calibration group {','.join(ref.calib_groups)}"))
+            )
         reason = f"no {bottom_category(spec.source)}"
         if conditions:
             reason += f" with {conditions}"
@@ -233,6 +240,10 @@ class Associator:
             if not level.window.admits(nights, hours):
                 continue
             if level.predicate is not None and not level.predicate.matches(candidate.reference):
+                continue
+            if level.tolerances and not level.close_enough(ref, candidate.reference):
+                continue
+            if not groups_overlap(ref.calib_groups, candidate.reference.calib_groups):
                 continue
             admitted.append(candidate)
         admitted.sort(key=lambda c: _distance(ref, c.reference, closest_by))

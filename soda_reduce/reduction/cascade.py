@@ -9,7 +9,7 @@ cascade module reads like the pipeline's documentation:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,12 +54,32 @@ def within_hours(hours: float) -> TimeWindow:
 
 @dataclass(frozen=True)
 class MatchLevel:
-    """One quality level: keywords that must be equal, a time window, an extra rule."""
+    """One quality level: keywords that must be equal, numeric keywords that must be
+    close (``tolerances``: keyword -> largest absolute difference, e.g. a grating
+    tilt within 0.1 degree), a time window, an extra rule."""
 
     level: int
     keywords: tuple[str, ...]
     window: TimeWindow = UNLIMITED
     predicate: Rule | None = None  # applied to the candidate
+    tolerances: tuple[tuple[str, float], ...] = ()
+
+    def close_enough(self, ref: Any, candidate: Any) -> bool:
+        """Whether every toleranced keyword of ``candidate`` is within reach of ``ref``'s."""
+        for keyword, tolerance in self.tolerances:
+            a, b = ref.get(keyword), candidate.get(keyword)
+            if a is None and b is None:
+                continue  # a keyword neither frame has (a grating tilt on a grism arm)
+            if not _is_number(a) or not _is_number(b) or abs(float(a) - float(b)) > tolerance:
+                return False
+        return True
+
+    def describe_tolerances(self, ref: Any) -> str:
+        return ", ".join(f"{k}={ref.get(k)}±{t:g}" for k, t in self.tolerances)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -81,8 +101,15 @@ class AssociationBuilder:
         match: Sequence[str] = (),
         window: TimeWindow = UNLIMITED,
         predicate: Rule | None = None,
+        near: Mapping[str, float] | None = None,
     ) -> AssociationBuilder:
-        self._levels.append(MatchLevel(level, tuple(k.upper() for k in match), window, predicate))
+        tolerances = tuple((k.upper(), float(v)) for k, v in sorted((near or {}).items()))
+        for keyword, tolerance in tolerances:
+            if not tolerance >= 0:
+                raise ValueError(f"tolerance of {keyword} must be >= 0, not {tolerance}")
+        self._levels.append(
+            MatchLevel(level, tuple(k.upper() for k in match), window, predicate, tolerances)
+        )
         return self
 
     def closest_by(self, keyword: str) -> AssociationBuilder:
@@ -100,11 +127,14 @@ def association() -> AssociationBuilder:
     return AssociationBuilder()
 
 
-def same_setup(*keywords: str, closest_by: str = "MJD") -> AssociationRule:
-    """The common ladder: same night, then within 3 nights, then any time, same setup."""
+def same_setup(
+    *keywords: str, closest_by: str = "MJD", near: Mapping[str, float] | None = None
+) -> AssociationRule:
+    """The common ladder: same night, then within 3 nights, then any time, same setup
+    (``near``: numeric keywords that need only be close, with their tolerances)."""
     builder = association().closest_by(closest_by)
     for level, window in enumerate((SAME_NIGHT, WITHIN_3_NIGHTS, UNLIMITED)):
-        builder.level(level, keywords, window)
+        builder.level(level, keywords, window, near=near)
     return builder.build()
 
 

@@ -34,6 +34,9 @@ class RawFile:
     tile-compressed ``.fz`` files, the first image header). ``checksum`` is what
     step keys are built from: it changes whenever the file's bytes change.
     ``problem`` is set (and ``header`` empty) when the file could not be read.
+    ``pipeline`` names the pipeline that claims the file (``claim`` says why none
+    does); ``override`` is the operator's correction of its types or calibration
+    group (``{"types": [...], "calib": [...]}``), recorded by the indexer.
     """
 
     file_id: str
@@ -44,6 +47,9 @@ class RawFile:
     size: int = 0
     mtime_ns: int = 0
     problem: str | None = None
+    pipeline: str | None = None
+    claim: str | None = None
+    override: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +61,9 @@ class RawFile:
             "size": self.size,
             "mtime_ns": self.mtime_ns,
             "problem": self.problem,
+            "pipeline": self.pipeline,
+            "claim": self.claim,
+            "override": dict(self.override) if self.override else None,
         }
 
     @classmethod
@@ -68,4 +77,7 @@ class RawFile:
             size=int(doc.get("size", 0)),
             mtime_ns=int(doc.get("mtime_ns", 0)),
             problem=doc.get("problem"),
+            pipeline=doc.get("pipeline"),
+            claim=doc.get("claim"),
+            override=doc.get("override") or None,
         )

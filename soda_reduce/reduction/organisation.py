@@ -1,7 +1,10 @@
 """Data organisation (Reflex/EDPS): classify frames, then group them.
 
 A ``Frame`` is a raw file seen through a cascade: its header plus the derived
-keywords (NIGHT, BINNING, MJD...) and the category its classification gave.
+keywords (NIGHT, BINNING, MJD...) and the categories its classification gave.
+A frame may carry several types (an arc that is also a tilt frame, a dome flat
+that is pixel flat, illumination flat and slit trace), as in EDPS and PypeIt;
+an operator's override replaces them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,18 @@ from soda_reduce.reduction.tasks import Cascade
 class Frame:
     raw: RawFile
     derived: dict[str, Any]
-    category: str | None = None
+    categories: tuple[str, ...] = ()
+    overridden: bool = False  # types set by the operator, not by the rules
+    calib_groups: tuple[str, ...] | None = None  # operator's calibration groups
+    note: str | None = None  # why an override could not be applied
+
+    @property
+    def category(self) -> str | None:
+        """The first type, for listings; ``categories`` has them all."""
+        return self.categories[0] if self.categories else None
+
+    def has(self, category: str) -> bool:
+        return category in self.categories
 
     def get(self, keyword: str) -> Any:
         if keyword in self.derived:
@@ -50,11 +64,26 @@ def make_frame(cascade: Cascade, raw: RawFile) -> Frame:
         except Exception:  # a derivation that trips on one odd header must not stop planning
             derived[derivation.name] = None
     frame = Frame(raw, derived)
-    if raw.problem is None:
-        for item in cascade.classifications:
-            if item.rule.matches(frame):
-                frame.category = item.category
-                break
+    if raw.problem is not None:
+        return frame
+    override = raw.override or {}
+    types = override.get("types")
+    if override.get("calib"):
+        frame.calib_groups = tuple(override["calib"])
+    if types:
+        known = {c.category for c in cascade.classifications}
+        unknown = [t for t in types if t not in known]
+        if unknown:
+            frame.note = (
+                f"override names unknown type(s) {', '.join(unknown)} "
+                f"(types of {cascade.name}: {', '.join(sorted(known))})"
+            )
+        frame.categories = tuple(t for t in types if t in known)
+        frame.overridden = True
+        return frame
+    frame.categories = tuple(
+        item.category for item in cascade.classifications if item.rule.matches(frame)
+    )
     return frame
 
 
@@ -113,10 +142,14 @@ def group_frames(
     buckets: dict[tuple[Any, ...], FrameGroup] = {}
     for frame in sorted(frames, key=_sort_key):
         values = tuple(frame.get(k) for k in keywords)
-        bucket_key = tuple(normalise(v) for v in values)
+        # frames an operator put in different calibration groups are never combined
+        bucket_key = (*(normalise(v) for v in values), frame.calib_groups)
         group = buckets.get(bucket_key)
         if group is None:
-            group = FrameGroup(source_name, tuple(zip(keywords, values, strict=True)))
+            keys = tuple(zip(keywords, values, strict=True))
+            if frame.calib_groups is not None:
+                keys += (("CALIB", ",".join(frame.calib_groups)),)
+            group = FrameGroup(source_name, keys)
             buckets[bucket_key] = group
         group.frames.append(frame)
     groups = sorted(buckets.values(), key=lambda g: (_sort_key(g.frames[0]), g.group_id))
@@ -136,4 +169,4 @@ def _split_by_gap(group: FrameGroup, max_gap_hours: float) -> list[FrameGroup]:
 
 
 def frames_of(source: DataSource, frames: Iterable[Frame]) -> list[Frame]:
-    return [f for f in frames if f.category == source.category and source.condition.matches(f)]
+    return [f for f in frames if source.category in f.categories and source.condition.matches(f)]

@@ -29,11 +29,15 @@ class PlanInput:
     checksum: str | None = None
     job: str | None = None  # upstream job id
     role: str = "main"  # main | associated | static
+    types: tuple[str, ...] = ()  # every type of a raw frame, when it has several or was overridden
 
     def key_material(self, keys: Mapping[str, str | None]) -> list[str]:
         if self.job is not None:
             return [self.category, "step", keys.get(self.job) or "incomplete"]
-        return [self.category, "file", self.checksum or ""]
+        material = [self.category, "file", self.checksum or ""]
+        if self.types:  # a frame's other types change what the pipeline does with it
+            material.append(",".join(self.types))
+        return material
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,10 @@ class ReductionPlan:
             PlanJob(
                 **{
                     **job,
-                    "inputs": tuple(PlanInput(**i) for i in job["inputs"]),
+                    "inputs": tuple(
+                        PlanInput(**{**i, "types": tuple(i.get("types") or ())})
+                        for i in job["inputs"]
+                    ),
                     "depends_on": tuple(job["depends_on"]),
                     "associations": tuple(
                         AssociationResult(**{**a, "chosen": tuple(a["chosen"])})
@@ -197,6 +204,7 @@ def _job_dict(job: PlanJob) -> dict[str, Any]:
                 "checksum": i.checksum,
                 "job": i.job,
                 "role": i.role,
+                **({"types": list(i.types)} if i.types else {}),
             }
             for i in job.inputs
         ],

@@ -27,16 +27,8 @@ from soda_reduce.reduction.plan import (
     step_key,
 )
 from soda_reduce.reduction.rules import Rule, rule_from_mapping, show
+from soda_reduce.reduction.static import StaticFile, StaticLibrary, library_of
 from soda_reduce.reduction.tasks import Cascade, MainInput, Task
-
-
-@dataclass(frozen=True)
-class StaticFile:
-    """A static calibration from the pipeline's library."""
-
-    path: str
-    checksum: str
-    file_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,12 +87,12 @@ class Planner:
         self,
         cascade: Cascade,
         files: Iterable[RawFile],
-        static: Mapping[str, StaticFile] | None = None,
+        static: Mapping[str, StaticFile] | StaticLibrary | None = None,
     ) -> None:
         self.cascade = cascade
         self.frames = classify_all(cascade, files)
         self.by_id = {f.file_id: f for f in self.frames}
-        self.static = dict(static or {})
+        self.static = library_of(static)
         self.workflow: dict[str, Any] = {}
         self.overrides: dict[str, dict[str, Any]] = {}
         self._units: dict[str, list[Unit]] = {}
@@ -190,15 +182,32 @@ class Planner:
                     inputs.append(_file_input(spec.category, choice, "associated"))
                 else:
                     depends.append(choice.job_id)
-                    inputs.append(PlanInput(spec.category, job=choice.job_id, role="associated"))
+                    inputs.extend(
+                        PlanInput(category, job=choice.job_id, role="associated")
+                        for category in spec.categories
+                    )
         for static in item.static:
             if static.condition is not None and not static.condition.holds(self.workflow):
                 continue
-            found = self.static.get(static.category)
+            found, why = self.static.choose(static.category, static.match, unit.reference)
             if found is None:
+                status = "absent" if static.optional else "missing"
                 if not static.optional:
-                    reasons.append(f"no static calibration {static.category} in the library")
+                    reasons.append(why)
+                results.append(
+                    AssociationResult(
+                        static.category, "static library", status, reason=why,
+                        optional=static.optional,
+                    )
+                )  # fmt: skip
                 continue
+            results.append(
+                AssociationResult(
+                    static.category, "static library", "matched", level=0,
+                    window="any time", chosen=(found.file_id or found.path,),
+                    optional=static.optional,
+                )
+            )  # fmt: skip
             inputs.append(
                 PlanInput(
                     static.category,
@@ -249,36 +258,35 @@ class Planner:
         if not target_name:
             raise PlanRequestError(f"cascade {self.cascade.name} has no default target")
         try:
-            target = self.cascade.task(target_name)
+            targets = self.cascade.targets(target_name)
         except KeyError as exc:
             raise PlanRequestError(str(exc.args[0])) from None
         self.overrides, self.workflow = split_parameters(self.cascade, request.parameters)
-        selected = self._selection(target, request)
-        target_units = self._units_for(target, target.main, selected)
+        meta = len(targets) > 1 or targets[0].name.lower() != target_name.strip().lower()
         datasets: list[Dataset] = []
         ordered: dict[str, PlanJob] = {}
-        for unit in target_units:
-            job = self.resolve(target, unit)
-            closure = self._closure(job)
-            for item in closure:
-                ordered.setdefault(item.job_id, item)
-            reasons = [r for j in closure for r in j.reasons]
-            levels = [a.level for j in closure for a in j.associations if a.level is not None]
-            datasets.append(
-                Dataset(
-                    target_job=job.job_id,
-                    label=job.label,
-                    jobs=tuple(j.job_id for j in closure),
-                    complete=all(j.complete for j in closure),
-                    quality_level=max(levels, default=0),
-                    reasons=tuple(dict.fromkeys(reasons)),
-                    main_inputs=tuple(unit.file_ids()),
-                )
+        matched_any = False
+        for target in targets:
+            try:
+                selected = self._selection(target, request, lenient=meta)
+            except _NotThisTask:
+                continue
+            matched_any = True
+            for unit in self._units_for(target, target.main, selected):
+                job = self.resolve(target, unit)
+                closure = self._closure(job)
+                for item in closure:
+                    ordered.setdefault(item.job_id, item)
+                datasets.append(_dataset(job, closure, unit))
+        if meta and request.ids and not matched_any:
+            names = ", ".join(t.name for t in targets)
+            raise PlanRequestError(
+                f"none of the IDs is reduced by the tasks of {target_name} ({names})"
             )
         return ReductionPlan(
             cascade=self.cascade.name,
             cascade_version=self.cascade.version,
-            target=target.name,
+            target=targets[0].name if not meta else target_name.strip().lower(),
             parameters={
                 f"{t}.{k}": v
                 for t, values in sorted(self.overrides.items())
@@ -305,7 +313,11 @@ class Planner:
         visit(job)
         return list(seen.values())
 
-    def _selection(self, target: Task, request: PlanRequest) -> set[str] | None:
+    def _selection(
+        self, target: Task, request: PlanRequest, lenient: bool = False
+    ) -> set[str] | None:
+        """Frames the request selects for ``target``; with ``lenient`` (a meta-target),
+        IDs of other categories are passed over and _NotThisTask says none was left."""
         if not request.ids and not request.where:
             return None
         bottom = target
@@ -320,13 +332,17 @@ class Planner:
                 raise PlanRequestError(f"unknown ID {file_id}")
             if frame.raw.problem:
                 raise PlanRequestError(f"{file_id} cannot be used: {frame.raw.problem}")
-            if frame.category != source.category:
-                kind = f"a {frame.category}" if frame.category else "an unclassified"
+            if not frame.has(source.category):
+                if lenient:
+                    continue
+                kind = f"a {'/'.join(frame.categories)}" if frame.categories else "an unclassified"
                 raise PlanRequestError(
                     f"{file_id} is {kind} frame; task {target.name} reduces "
                     f"{source.category} frames"
                 )
             chosen.add(file_id)
+        if lenient and request.ids and not chosen:
+            raise _NotThisTask
         if request.where:
             rule: Rule = rule_from_mapping(dict(request.where))
             pool = frames_of(source, self.frames)
@@ -335,13 +351,33 @@ class Planner:
         return chosen
 
 
+class _NotThisTask(Exception):
+    """A meta-target's task that none of the requested IDs is for."""
+
+
+def _dataset(job: PlanJob, closure: list[PlanJob], unit: Unit) -> Dataset:
+    reasons = [r for j in closure for r in j.reasons]
+    levels = [a.level for j in closure for a in j.associations if a.level is not None]
+    return Dataset(
+        target_job=job.job_id,
+        label=job.label,
+        jobs=tuple(j.job_id for j in closure),
+        complete=all(j.complete for j in closure),
+        quality_level=max(levels, default=0),
+        reasons=tuple(dict.fromkeys(reasons)),
+        main_inputs=tuple(unit.file_ids()),
+    )
+
+
 def _file_input(category: str, frame: Frame, role: str) -> PlanInput:
+    several = len(frame.categories) > 1 or frame.overridden
     return PlanInput(
         category,
         file_id=frame.file_id,
         path=frame.raw.path,
         checksum=frame.raw.checksum,
         role=role,
+        types=frame.categories if several else (),
     )
 
 
@@ -356,7 +392,7 @@ def plan_reduction(
     ids: Sequence[str] = (),
     where: Mapping[str, Any] | None = None,
     parameters: Mapping[str, Any] | None = None,
-    static: Mapping[str, StaticFile] | None = None,
+    static: Mapping[str, StaticFile] | StaticLibrary | None = None,
 ) -> ReductionPlan:
     """Plan one request; the single entry point the service and the CLI use."""
     request = PlanRequest(target, tuple(ids), dict(where or {}), dict(parameters or {}))

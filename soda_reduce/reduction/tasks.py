@@ -55,15 +55,22 @@ class AssociatedInput:
     max_count: int = 1
     optional: bool = False
     condition: WhenParam | None = None
+    also: tuple[str, ...] = ()  # further product categories taken from the same upstream step
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return (self.category, *self.also)
 
 
 @dataclass(frozen=True)
 class StaticCalibration:
-    """A file not tied to an observation (bad-pixel mask, line list), from a library."""
+    """A file not tied to an observation (arc template, bad-pixel mask, line list), chosen
+    from the pipeline's static library by category and match keywords (``GRISM_N``...)."""
 
     category: str
     optional: bool = False
     condition: WhenParam | None = None
+    match: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,12 @@ class Task:
     description: str = ""
     science: bool = False
     resources: Resources = field(default_factory=Resources)
+    also_produces: tuple[str, ...] = ()  # categories beyond the main product
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Every category the task's step produces, the main product first."""
+        return (self.products, *self.also_produces)
 
     @property
     def group_by(self) -> tuple[str, ...]:
@@ -120,6 +133,7 @@ class TaskBuilder:
         self._description = ""
         self._science = False
         self._resources = Resources()
+        self._also: tuple[str, ...] = ()
 
     def recipe(self, name: str, version: str = "1") -> TaskBuilder:
         self._recipe, self._version = name, version
@@ -141,35 +155,51 @@ class TaskBuilder:
     def input(
         self,
         source: DataSource | Task,
-        category: str | None = None,
+        category: str | Sequence[str] | None = None,
         match: AssociationRule | None = None,
         min: int = 1,
         max: int = 1,
         optional: bool = False,
         when: WhenParam | None = None,
     ) -> TaskBuilder:
+        """An associated input; from a task, ``category`` may name several of its products."""
         rule = match or source_match(source)
         if rule is None:
             raise ValueError(f"task {self._name}: input {source.name} needs a match rule")
         if category is None:
             category = source.products if isinstance(source, Task) else source.category
+        names = (category,) if isinstance(category, str) else tuple(category)
+        if not names:
+            raise ValueError(f"task {self._name}: input {source.name} names no category")
+        if len(names) > 1 and not isinstance(source, Task):
+            raise ValueError(f"task {self._name}: raw input {source.name} has one category")
+        upper = tuple(n.upper() for n in names)
         self._associated.append(
-            AssociatedInput(source, category.upper(), rule, min, max, optional, when)
+            AssociatedInput(source, upper[0], rule, min, max, optional, when, upper[1:])
         )
         return self
 
     def static(
-        self, category: str, optional: bool = False, when: WhenParam | None = None
+        self,
+        category: str,
+        match: Sequence[str] = (),
+        optional: bool = False,
+        when: WhenParam | None = None,
     ) -> TaskBuilder:
-        self._static.append(StaticCalibration(category.upper(), optional, when))
+        """A static calibration from the library, the entry whose ``match`` keywords equal
+        the frame's (e.g. the arc template of the grism in use)."""
+        keys = tuple(k.upper() for k in match)
+        self._static.append(StaticCalibration(category.upper(), optional, when, keys))
         return self
 
     def params(self, *specs: Param) -> TaskBuilder:
         self._params.extend(specs)
         return self
 
-    def products(self, category: str) -> TaskBuilder:
+    def products(self, category: str, *others: str) -> TaskBuilder:
+        """The main product's category, then any further categories the step produces."""
         self._products = category.upper()
+        self._also = tuple(o.upper() for o in others)
         return self
 
     def describe(self, text: str) -> TaskBuilder:
@@ -203,6 +233,7 @@ class TaskBuilder:
             self._description,
             self._science,
             self._resources,
+            self._also,
         )
 
 
@@ -261,6 +292,28 @@ class Cascade:
                 if isinstance(source, DataSource) and source not in found:
                     found.append(source)
         return tuple(found)
+
+    def targets(self, name: str) -> tuple[Task, ...]:
+        """The tasks a target names: one task, or a meta-target (a subworkflow such as
+        ``calibrations``; without one of that name, every task that is not science)."""
+        lowered = name.strip().lower()
+        for item in self.tasks:
+            if item.name.lower() == lowered:
+                return (item,)
+        for flow in self.subworkflows:
+            if flow.name.lower() == lowered:
+                return tuple(self.task(t) for t in flow.tasks)
+        if lowered == "calibrations":
+            return tuple(t for t in self.tasks if not t.science)
+        known = ", ".join([*(t.name for t in self.tasks), *self.meta_targets])
+        raise KeyError(f"no task {name!r} in cascade {self.name} (targets: {known})")
+
+    @property
+    def meta_targets(self) -> tuple[str, ...]:
+        names = [f.name for f in self.subworkflows]
+        if "calibrations" not in {n.lower() for n in names}:
+            names.append("calibrations")
+        return tuple(names)
 
     def workflow_param(self, name: str) -> Param | None:
         lowered = name.lower()

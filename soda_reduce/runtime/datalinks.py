@@ -24,8 +24,8 @@ from soda_reduce.reduction.cascade import DataSource, Param
 from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.organisation import make_frame
 from soda_reduce.reduction.plan import PlanJob, PlanRequestError, ReductionPlan
-from soda_reduce.reduction.planner import plan_reduction
-from soda_reduce.reduction.tasks import Cascade, Task
+from soda_reduce.reduction.tasks import Task
+from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.products import LOG_NAME, ProductError, ProductStore
 from soda_reduce.runtime.store import Store
 
@@ -59,6 +59,8 @@ class RawReduction:
     problem: str | None  # why it cannot be reduced (None: the default plan is complete)
     calibrations: tuple[PickedCalibration, ...]
     parameters: tuple[tuple[str, Param], ...]  # request name (task.param or workflow) -> spec
+    pipeline: str | None = None  # the pipeline that claims the file
+    types: tuple[str, ...] = ()  # every type of the frame
 
 
 def bottom_source(task: Task) -> DataSource:
@@ -81,10 +83,19 @@ def _closure(tasks: Sequence[Task]) -> set[str]:
     return names
 
 
-def raw_reduction(cascade: Cascade, files: Sequence[RawFile], raw: RawFile) -> RawReduction:
-    """Plan ``raw`` for its default target; CPU-bound (call it in a thread)."""
-    category = make_frame(cascade, raw).category
-    targets = tuple(t for t in cascade.tasks if bottom_source(t).category == category)
+def raw_reduction(
+    pipelines: ArchivePipelines, files: Sequence[RawFile], raw: RawFile
+) -> RawReduction:
+    """Plan ``raw`` for its default target with the pipeline that claims it; CPU-bound
+    (call it in a thread)."""
+    pipeline = pipelines.of(raw)
+    if pipeline is None:
+        why = raw.problem or raw.claim or "no pipeline claims it"
+        return RawReduction(None, (), None, None, why, (), ())
+    cascade = pipeline.cascade
+    frame = make_frame(cascade, raw)
+    category = frame.category
+    targets = tuple(t for t in cascade.tasks if frame.has(bottom_source(t).category))
     names = tuple(t.name for t in targets)
     needed = _closure(targets)
     parameters = [
@@ -94,24 +105,29 @@ def raw_reduction(cascade: Cascade, files: Sequence[RawFile], raw: RawFile) -> R
         parameters += [(p.name, p) for p in cascade.workflow_params]
     default = cascade.default_target if cascade.default_target in names else None
     default = default or (names[0] if names else None)
+    facts = {"pipeline": pipeline.name, "types": frame.categories}
     if raw.problem or default is None:
         why = raw.problem or (
             f"a {category} frame, which no task reduces"
             if category
             else "not classified: no task reduces it"
         )
-        return RawReduction(category, names, default, None, why, (), tuple(parameters))
+        return RawReduction(category, names, default, None, why, (), tuple(parameters), **facts)
     try:
-        plan = plan_reduction(cascade, files, target=default, ids=[raw.file_id])
+        plan = pipelines.plan(pipeline, files, target=default, ids=[raw.file_id])
     except PlanRequestError as exc:
-        return RawReduction(category, names, default, None, str(exc), (), tuple(parameters))
+        return RawReduction(
+            category, names, default, None, str(exc), (), tuple(parameters), **facts
+        )
     problem = None
     if not plan.complete:
         reasons = [r for d in plan.datasets for r in d.reasons] or ["nothing to reduce"]
         problem = "; ".join(dict.fromkeys(reasons))
     by_id = {f.file_id: f for f in files}
     picked = tuple(picked_calibrations(plan, raw.file_id, by_id))
-    return RawReduction(category, names, default, plan, problem, picked, tuple(parameters))
+    return RawReduction(
+        category, names, default, plan, problem, picked, tuple(parameters), **facts
+    )
 
 
 def picked_calibrations(

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from soda_reduce.config import Settings
-from soda_reduce.pipelines import get_cascade
+from soda_reduce.pipelines import registry
+from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.broker import InProcessQueue, PlanQueue, RabbitPlanQueue
 from soda_reduce.runtime.events import JobEvents, RabbitJobEvents
 from soda_reduce.runtime.products import ProductStore
@@ -76,7 +77,7 @@ async def open_runtime(
         queue, events = InProcessQueue(), JobEvents()
     await queue.start()
     await events.start()
-    cascade = get_cascade(pipeline)
+    pipelines = ArchivePipelines(registry(), settings.static_root(archive_root), pipeline)
     products = ProductStore(settings.products_root)
     limits = Limits(
         execution_duration_s=settings.execution_duration_s,
@@ -85,7 +86,7 @@ async def open_runtime(
         max_destruction=timedelta(days=settings.max_destruction_days),
         concurrency=os.cpu_count() or 2,
     )
-    service = JobService(store, cascade, queue, events, limits)
+    service = JobService(store, pipelines, queue, events, limits)
     runtime = Runtime(
         settings,
         store,

@@ -22,8 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soda_reduce.pipelines import registry
 from soda_reduce.reduction.fits_headers import FITS_SUFFIXES, is_fits_name, read_header
 from soda_reduce.reduction.index_model import RawFile, raw_file_id
+from soda_reduce.reduction.overrides import Overrides
+from soda_reduce.runtime.claims import Annotator
 from soda_reduce.runtime.store import RawFileState, Store
 
 CHECKSUM_MODES = ("full", "fast")
@@ -84,6 +87,7 @@ async def index_archive(
     progress: Progress | None = None,
     *,
     force: bool = False,
+    annotator: Annotator | None = None,
 ) -> IndexReport:
     """Bring the index up to date with ``archive_root``; ``force`` re-reads every file.
 
@@ -94,6 +98,8 @@ async def index_archive(
     if checksum_mode not in CHECKSUM_MODES:
         raise ValueError(f"checksum_mode must be one of {CHECKSUM_MODES}, not {checksum_mode!r}")
     started = time.perf_counter()
+    if annotator is None:  # the installed pipelines claim files; no operator overrides
+        annotator = Annotator(registry(), Overrides())
     root = Path(archive_root).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"archive root {root} is not a directory")
@@ -109,7 +115,10 @@ async def index_archive(
     kept = {rel for rel in indexed if rel not in on_disk and walk.hidden_by_error(rel)}
     gone = [rel for rel in indexed if rel not in on_disk and rel not in kept]
 
-    states, writes = await _read_and_store(store, root, to_read, authority, checksum_mode, progress)
+    states, writes = await _read_and_store(
+        store, root, to_read, authority, checksum_mode, progress, annotator
+    )
+    writes += await _annotate_all(store, annotator, skip=set(states))
     if gone:
         await store.delete_raw_files(gone)
         writes += 1
@@ -172,6 +181,7 @@ async def _read_and_store(
     authority: str,
     checksum_mode: str,
     progress: Progress | None,
+    annotator: Annotator | None = None,
 ) -> tuple[dict[str, RawFileState], int]:
     """Read batches in worker threads, a few ahead of the bulk write of the previous one.
 
@@ -191,7 +201,9 @@ async def _read_and_store(
                 batch = batches[next_batch]
                 pending.append(
                     asyncio.create_task(
-                        asyncio.to_thread(read_batch, root, batch, authority, checksum_mode)
+                        asyncio.to_thread(
+                            read_batch, root, batch, authority, checksum_mode, annotator
+                        )
                     )
                 )
                 next_batch += 1
@@ -210,9 +222,28 @@ async def _read_and_store(
 
 
 def read_batch(
-    root: Path, batch: Sequence[tuple[str, tuple[int, int]]], authority: str, checksum_mode: str
+    root: Path,
+    batch: Sequence[tuple[str, tuple[int, int]]],
+    authority: str,
+    checksum_mode: str,
+    annotator: Annotator | None = None,
 ) -> list[RawFile]:
-    return [index_file(root, rel, stat, authority, checksum_mode) for rel, stat in batch]
+    files = [index_file(root, rel, stat, authority, checksum_mode) for rel, stat in batch]
+    return [annotator.annotate(raw) for raw in files] if annotator is not None else files
+
+
+async def _annotate_all(store: Store, annotator: Annotator, skip: set[str]) -> int:
+    """Re-annotate stored files when the pipelines or overrides changed; writes made."""
+    fingerprint = annotator.fingerprint()
+    if await store.annotations_fingerprint() == fingerprint:
+        return 0
+    files = [raw for raw in await store.all_raw_files() if raw.path not in skip]
+    changed = await asyncio.to_thread(
+        lambda: [new for raw in files if (new := annotator.annotate(raw)) != raw]
+    )
+    await store.upsert_raw_files(changed)
+    await store.save_annotations_fingerprint(fingerprint)
+    return 1 if changed else 0
 
 
 def index_file(

@@ -76,3 +76,20 @@ class ProductStore:
             if str(item.get("category", "")).upper() == category.upper():
                 return self.step_dir(step_key) / item["file"]
         raise ProductError(f"step {step_key[:12]} made no {category} product")
+
+
+def main_product(
+    products: ProductStore, step_key: str, main_inputs: tuple[str, ...] | list[str] = ()
+) -> Path | None:
+    """The main product of a step for a dataset: the one that says it serves one of the
+    dataset's main inputs, else the step's (first) main product."""
+    try:
+        listed = products.manifest(step_key).get("products", [])
+    except ProductError:
+        return None
+    mains = [p for p in listed if p.get("main")]
+    wanted = set(main_inputs)
+    for item in mains:
+        if wanted & set(item.get("serves", ())):
+            return products.step_dir(step_key) / item["file"]
+    return products.step_dir(step_key) / mains[0]["file"] if mains else None

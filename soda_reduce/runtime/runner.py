@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from soda_reduce.reduction.plan import PlanJob, ReductionPlan
+from soda_reduce.reduction.static import PIPELINE_SCHEME
 from soda_reduce.runtime.executors.base import Executor, StepResources, StepRun
 from soda_reduce.runtime.products import LOG_NAME, ProductError, ProductStore
 from soda_reduce.runtime.step_cache import DONE, FAILED, LeaseLost, StepCache
@@ -243,7 +244,7 @@ class PlanRunner:
             run = StepRun(
                 step_key=key,
                 job_id=job.job_id,
-                pipeline=self.pipeline,
+                pipeline=plan.cascade or self.pipeline,
                 recipe=job.recipe,
                 workdir=workdir,
                 log_path=workdir / LOG_NAME,
@@ -305,7 +306,7 @@ class PlanRunner:
             if item.job is not None:
                 upstream = plan.job(item.job)
                 assert upstream.step_key is not None
-                path = self.products.product_path(upstream.step_key, upstream.products)
+                path = self.products.product_path(upstream.step_key, item.category)
                 entries.append(
                     {
                         "category": item.category,
@@ -318,18 +319,23 @@ class PlanRunner:
                 )
             else:
                 assert item.path is not None
-                path = Path(item.path)
-                host = path if path.is_absolute() else self.archive_root / path
-                entries.append(
-                    {
-                        "category": item.category,
-                        "role": item.role,
-                        "path": self.executor.container_path(host),
-                        "file_id": item.file_id,
-                        "checksum": item.checksum,
-                        "step_key": None,
-                    }
-                )
+                if item.path.startswith(PIPELINE_SCHEME):
+                    where = item.path  # shipped with the pipeline: the recipe resolves it
+                else:
+                    path = Path(item.path)
+                    host = path if path.is_absolute() else self.archive_root / path
+                    where = self.executor.container_path(host)
+                entry = {
+                    "category": item.category,
+                    "role": item.role,
+                    "path": where,
+                    "file_id": item.file_id,
+                    "checksum": item.checksum,
+                    "step_key": None,
+                }
+                if item.types:
+                    entry["types"] = list(item.types)
+                entries.append(entry)
         document = {
             "step_key": job.step_key,
             "job_id": job.job_id,

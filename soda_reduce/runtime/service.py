@@ -11,6 +11,7 @@ only renders them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import statistics
 from collections.abc import Mapping, Sequence
@@ -18,10 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from soda_reduce.pipelines import Pipeline
 from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
-from soda_reduce.reduction.planner import plan_reduction, split_parameters
+from soda_reduce.reduction.planner import split_parameters
 from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.broker import BrokerUnavailable, PlanQueue
 from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
@@ -73,14 +76,15 @@ class JobService:
     def __init__(
         self,
         store: Store,
-        cascade: Cascade,
+        pipelines: ArchivePipelines,
         queue: PlanQueue,
         events: JobEvents,
         limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.jobs = JobStore(store)
-        self.cascade = cascade
+        self.pipelines = pipelines
+        self.cascade = pipelines.default.cascade  # for requests that name no file
         self.queue = queue
         self.events = events
         self.limits = limits or Limits()
@@ -88,12 +92,16 @@ class JobService:
 
     # ------------------------------------------------------------ parameters
 
-    def reduction_request(self, pairs: Sequence[tuple[str, str]]) -> ReductionRequest:
-        """Check the job parameters; UsageError with the reason if malformed.
+    def reduction_request(
+        self, pairs: Sequence[tuple[str, str]], cascade: Cascade | None = None
+    ) -> ReductionRequest:
+        """Check the job parameters against a pipeline's cascade (default: the default
+        pipeline's); UsageError with the reason if malformed.
 
         Names are case-insensitive. Unknown bare names are kept and ignored, as DALI
         asks of services; ``task.param`` names must name a real task parameter.
         """
+        cascade = cascade or self.cascade
         grouped = case_insensitive_params(pairs)
         for name in SINGLE:
             if len(grouped.get(name, [])) > 1:
@@ -101,14 +109,18 @@ class JobService:
         target = (grouped.get("TARGET") or [None])[0]
         if target is not None:
             try:
-                target = self.cascade.task(target.strip()).name
+                found = cascade.targets(target.strip())
+                target = found[0].name if len(found) == 1 else target.strip().lower()
             except KeyError:
-                names = ", ".join(t.name for t in self.cascade.tasks)
-                raise UsageError(f"unknown TARGET {target!r} (tasks: {names})") from None
+                names = ", ".join([*(t.name for t in cascade.tasks), *cascade.meta_targets])
+                raise UsageError(
+                    f"unknown TARGET {target!r} for the {cascade.name} pipeline "
+                    f"(targets: {names})"
+                ) from None
         ids: list[str] = []
         for value in grouped.get("ID", []):
             ids.extend(v for v in value.split() if v)  # one ID per value; spaces never occur
-        workflow = {p.name.upper(): p.name for p in self.cascade.workflow_params}
+        workflow = {p.name.upper(): p.name for p in cascade.workflow_params}
         recipe: dict[str, str] = {}
         for name, value in pairs:
             upper = name.upper()
@@ -118,19 +130,51 @@ class JobService:
                     raise UsageError(f"parameter {name} given more than once")
                 recipe[key] = value
         try:
-            split_parameters(self.cascade, recipe)
+            split_parameters(cascade, recipe)
         except PlanRequestError as exc:
             raise UsageError(str(exc)) from None
         parse_soda(pairs, sync=False)  # SODA cutout parameters: malformed ones refused now
         return ReductionRequest(tuple(dict.fromkeys(ids)), target, recipe)
 
-    async def check_ids(self, ids: Sequence[str]) -> None:
+    async def pipeline_for(self, ids: Sequence[str]) -> Pipeline:
+        """The pipeline claiming the requested files; UsageError if unknown, unclaimed, or
+        of several pipelines. Without IDs, the default pipeline."""
         if not ids:
-            return
-        found = {raw.file_id for raw in await self.store.raw_files_by_id(ids)}
-        unknown = [i for i in ids if i not in found]
+            return self.pipelines.default
+        files = {raw.file_id: raw for raw in await self.store.raw_files_by_id(ids)}
+        unknown = [i for i in ids if i not in files]
         if unknown:
             raise UsageError(f"unknown ID {unknown[0]!r}: not a raw file of this archive")
+        names: dict[str, None] = {}
+        for file_id in ids:
+            raw = files[file_id]
+            pipeline = self.pipelines.of(raw)
+            if pipeline is None:
+                why = raw.claim or "no pipeline claims it"
+                raise UsageError(f"ID {file_id!r} cannot be reduced here: {why}")
+            names[pipeline.name] = None
+        if len(names) > 1:
+            raise UsageError(
+                f"the IDs belong to different pipelines ({', '.join(names)}): "
+                "send one job per pipeline"
+            )
+        return self.pipelines.get(next(iter(names)))
+
+    async def checked_request(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[ReductionRequest, Pipeline]:
+        """The request checked against the pipeline its IDs belong to."""
+        ids = self.reduction_request_ids(pairs)
+        pipeline = await self.pipeline_for(ids)
+        return self.reduction_request(pairs, pipeline.cascade), pipeline
+
+    @staticmethod
+    def reduction_request_ids(pairs: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+        ids: list[str] = []
+        for name, value in pairs:
+            if name.upper() == "ID":
+                ids.extend(v for v in value.split() if v)
+        return tuple(dict.fromkeys(ids))
 
     def control_values(
         self, grouped: Mapping[str, list[str]]
@@ -176,8 +220,7 @@ class JobService:
         if phase not in (None, Phase.QUEUED):
             raise UsageError("PHASE at creation may only be RUN")
         params = [(n, v) for n, v in pairs if n.upper() not in CONTROL]
-        request = self.reduction_request(params)
-        await self.check_ids(request.ids)
+        await self.checked_request(params)
         job = await self.jobs.create(
             owner,
             [(n if "." in n else n.upper(), v) for n, v in params if n.upper() != "RUNID"],
@@ -206,8 +249,7 @@ class JobService:
         merged = [(n, v) for n, v in job.parameters if n.upper() not in replaced] + [
             (n, v) for n, v in new if n.upper() != "RUNID"
         ]
-        request = self.reduction_request(merged)
-        await self.check_ids(request.ids)
+        await self.checked_request(merged)
         changes: dict[str, Any] = {"parameters": [[n, v] for n, v in merged]}
         if "RUNID" in grouped:
             changes["run_id"] = grouped["RUNID"][0]
@@ -289,12 +331,14 @@ class JobService:
         return self._files[1]
 
     async def plan(self, job: JobRecord) -> ReductionPlan:
-        request = self.reduction_request(job.parameters)
+        request, pipeline = await self.checked_request(job.parameters)
         if not request.ids:
             raise PlanRequestError("no ID given: name at least one raw file to reduce")
-        return plan_reduction(
-            self.cascade,
-            await self.raw_files(),
+        files = await self.raw_files()
+        return await asyncio.to_thread(
+            self.pipelines.plan,
+            pipeline,
+            files,
             target=request.target,
             ids=request.ids,
             parameters=request.parameters,

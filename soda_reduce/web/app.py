@@ -6,16 +6,16 @@ discovery endpoints (DataLink, VOSI, SODA sync) are added here by issue #5.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from soda_reduce.pipelines import PipelineError
 from soda_reduce.reduction.graph import plan_dot
-from soda_reduce.reduction.organisation import classify_all
 from soda_reduce.reduction.plan import PlanRequestError
-from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.reduction.report import format_plan
-from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.runtime.archive_plans import ArchivePipelines, pipelines_for_ids, summarise
 from soda_reduce.runtime.store import Store
 from soda_reduce.web import (
     archive,
@@ -35,7 +35,7 @@ from soda_reduce.web.middleware import AuthConfig, auth_middleware, error_middle
 @dataclass
 class ServiceState:
     store: Store
-    cascade: Cascade
+    pipelines: ArchivePipelines
     archive: str
 
 
@@ -56,8 +56,9 @@ def _many(request: web.Request, name: str) -> list[str]:
 
 async def index_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    frames = classify_all(state.cascade, await state.store.all_raw_files())
-    return await pages.index(request, state.cascade, frames, state.archive)
+    files = await state.store.all_raw_files()
+    summary, frames = await asyncio.to_thread(summarise, state.pipelines.registry, files)
+    return await pages.index(request, state.pipelines, summary, frames, files, state.archive)
 
 
 async def plan_handler(request: web.Request) -> web.Response:
@@ -72,16 +73,25 @@ async def plan_handler(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(text=f"PARAM must be name=value, not {item!r}\n")
         parameters[name.strip()] = value.strip()
     files = await state.store.all_raw_files()
+    ids = _many(request, "ID")
+    name = _one(request, "PIPELINE")
     try:
-        plan = plan_reduction(
-            state.cascade,
+        if name:
+            pipeline = state.pipelines.get(name)
+        elif ids:
+            pipeline = pipelines_for_ids(state.pipelines.registry, files, ids)[0]
+        else:
+            pipeline = state.pipelines.default
+        plan = await asyncio.to_thread(
+            state.pipelines.plan,
+            pipeline,
             files,
             target=_one(request, "TARGET"),
-            ids=_many(request, "ID"),
+            ids=ids,
             parameters=parameters,
         )
-    except PlanRequestError as exc:
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    except (PlanRequestError, KeyError, PipelineError) as exc:
+        raise web.HTTPBadRequest(text=f"{exc.args[0]}\n") from None
     if fmt == "json":
         return web.Response(text=plan.to_json(indent=1), content_type="application/json")
     if fmt == "dot":

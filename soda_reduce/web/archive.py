@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame, classify_all
-from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.reduction.organisation import Frame, make_frame
+from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.vo.archive_table import RawRow, parse_raw_query, raw_votable, select
 from soda_reduce.vo.dali import VOTABLE_MEDIA_TYPE
 from soda_reduce.web.context import SERVICES, base_url, params_of
@@ -67,9 +67,12 @@ class _Rows:
     files: list[RawFile] | None = None
     rows: list[RawRow] = field(default_factory=list)
 
-    def of(self, cascade: Cascade, files: list[RawFile]) -> list[RawRow]:
+    def of(self, pipelines: ArchivePipelines, files: list[RawFile]) -> list[RawRow]:
         if files is not self.files:
-            frames = classify_all(cascade, files)
+            frames = [
+                make_frame(p.cascade, raw) if (p := pipelines.of(raw)) else Frame(raw, {})
+                for raw in files
+            ]
             self.rows = sorted((raw_row(f) for f in frames), key=lambda r: r.path)
             self.files = files
         return self.rows
@@ -82,7 +85,7 @@ async def raw_files(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     query = parse_raw_query(await params_of(request))
     files = await services.jobs.raw_files()
-    rows = request.app[ROWS].of(services.jobs.cascade, files)
+    rows = await asyncio.to_thread(request.app[ROWS].of, services.jobs.pipelines, files)
     chosen, overflow = select(query, rows)
     body = await asyncio.to_thread(
         raw_votable, chosen, overflow=overflow, datalink_endpoint=f"{base_url(request)}/datalink"

@@ -116,7 +116,7 @@ class _Builder:
         self, identifier: str, raw: RawFile
     ) -> tuple[list[Link], list[ServiceDescriptor]]:
         files = list((await self.raw_index()).values())
-        red = await asyncio.to_thread(raw_reduction, self.services.jobs.cascade, files, raw)
+        red = await asyncio.to_thread(raw_reduction, self.services.jobs.pipelines, files, raw)
         links = [
             self.raw_link(
                 identifier,
@@ -151,7 +151,7 @@ class _Builder:
                     default_target=red.default_target or "",
                     recipe=[_recipe_param(name, spec) for name, spec in red.parameters],
                     header=raw.header,
-                    what=f"{raw.path} with the {self.services.jobs.cascade.name} pipeline",
+                    what=f"{raw.path} with the {red.pipeline} pipeline",
                 )
             )
             others = [t for t in red.targets if t != red.default_target]

@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -30,8 +30,9 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.organisation import Frame
-from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.runtime.archive_plans import ArchivePipelines, ClaimSummary
 from soda_reduce.runtime.jobs import LIST_PROJECTION, JobRecord
 from soda_reduce.runtime.products import LOG_NAME
 from soda_reduce.vo.dali import DaliError, ForbiddenError
@@ -120,24 +121,57 @@ def html_errors(handler: Handler) -> Handler:
 
 
 async def index(
-    request: web.Request, cascade: Cascade, frames: Sequence[Frame], archive: str
+    request: web.Request,
+    pipelines: ArchivePipelines,
+    summary: ClaimSummary,
+    frames: Mapping[str, Sequence[Frame]],
+    files: Sequence[RawFile],
+    archive: str,
 ) -> web.Response:
-    """The archive summary; called by web/app.py, which owns the preview state."""
-    counts = Counter(_category(f) for f in frames)
+    """The archive summary, per pipeline; called by web/app.py, which owns the preview state."""
+    every = [f for items in frames.values() for f in items]
+    rows = [(_category(f), f) for f in every]
+    rows += [("unclaimed", _unclaimed(raw)) for raw in files if not raw.pipeline]
+    counts = Counter((f.raw.pipeline or "-", name) for name, f in rows)
     category = request.query.get("category")
-    listed = [f for f in frames if category is None or _category(f) == category]
+    listed = [f for name, f in rows if category is None or name == category]
+    listed.sort(key=lambda f: f.raw.path)
+    services = request.app.get(SERVICES)
+    shown = archive if services is None else Path(archive).name  # no server paths in public
     return render(
         request,
         "index.html",
-        archive=archive,
-        cascade=cascade,
-        total=len(frames),
+        archive=shown,
+        pipelines=[
+            {
+                "name": p.name,
+                "version": p.version,
+                "description": p.description,
+                "instruments": p.instruments,
+                "claimed": summary.per_pipeline.get(p.name).claimed
+                if p.name in summary.per_pipeline
+                else 0,
+                "classified": summary.per_pipeline.get(p.name).classified
+                if p.name in summary.per_pipeline
+                else 0,
+                "targets": [t.name for t in p.cascade.tasks] + list(p.cascade.meta_targets),
+                "default_target": p.cascade.default_target,
+            }
+            for p in pipelines.registry.pipelines.values()
+        ],
+        refused=sorted(pipelines.registry.refused.items()),
+        unclaimed=len(summary.unclaimed),
+        total=len(files),
         counts=sorted(counts.items()),
-        problems=sorted((f.raw.path, f.raw.problem) for f in frames if f.raw.problem),
+        problems=sorted((raw.path, raw.problem) for raw in files if raw.problem),
         category=category,
         files=[_file_row(f) for f in listed[:FILE_LIST_LIMIT]],
         more=max(0, len(listed) - FILE_LIST_LIMIT),
     )
+
+
+def _unclaimed(raw: RawFile) -> Frame:
+    return Frame(raw, {})
 
 
 def _category(frame: Frame) -> str:
@@ -145,10 +179,16 @@ def _category(frame: Frame) -> str:
 
 
 def _file_row(frame: Frame) -> dict[str, Any]:
+    kinds = ",".join(frame.categories) if frame.categories else _category(frame)
+    if frame.overridden or frame.calib_groups is not None:
+        kinds += " (override)"
+    if not frame.raw.pipeline and not frame.raw.problem:
+        kinds = "unclaimed"
     return {
         "path": frame.raw.path,
         "url": "/raw/" + quote(frame.raw.path),
-        "category": _category(frame),
+        "pipeline": frame.raw.pipeline or "",
+        "category": kinds,
         "night": frame.night or "",
         "object": frame.raw.header.get("OBJECT") or "",
     }

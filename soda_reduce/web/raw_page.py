@@ -16,7 +16,7 @@ from aiohttp import web
 
 from soda_reduce.reduction.cascade import Param
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import make_frame
+from soda_reduce.reduction.organisation import Frame, make_frame
 from soda_reduce.reduction.plan import LEVEL_WORDS
 from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.datalinks import raw_reduction
@@ -39,11 +39,12 @@ async def raw_page(request: web.Request) -> web.Response:
     if not found:
         raise NotFoundError(f"no raw file {ids[0]!r} in this archive")
     raw = found[0]
-    cascade = services.jobs.cascade
+    pipeline = services.jobs.pipelines.of(raw)
+    cascade = pipeline.cascade if pipeline is not None else services.jobs.cascade
     files = await services.jobs.raw_files()
     # the same view of the file as DataLink's #proc and #calibration rows
-    reduction = await asyncio.to_thread(raw_reduction, cascade, files, raw)
-    frame = make_frame(cascade, raw)
+    reduction = await asyncio.to_thread(raw_reduction, services.jobs.pipelines, files, raw)
+    frame = make_frame(cascade, raw) if pipeline is not None else Frame(raw, {})
     root = root_url(request)
     target = reduction.default_target or ""
     return render(

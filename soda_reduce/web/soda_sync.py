@@ -29,8 +29,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from soda_reduce.pipelines import Pipeline
 from soda_reduce.reduction.plan import PlanRequestError
-from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, NoOverlap, cutout_bytes, cutouts_dir
 from soda_reduce.runtime.products import ProductError
 from soda_reduce.runtime.service import ReductionRequest
@@ -87,12 +87,17 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         raise SodaUsageError(f"RESPONSEFORMAT {formats[0]!r}: only application/fits is offered")
     if not soda.ids:
         raise SodaUsageError("ID is required: the identifier of one product or raw file")
-    reduction = services.jobs.reduction_request(pairs)  # TARGET and recipe parameters
     dataset = await _resolve(services, soda.ids[0])
+    if dataset.kind == "raw":  # TARGET and recipe parameters, of the file's own pipeline
+        reduction, pipeline = await services.jobs.checked_request(
+            [(n, v) for n, v in pairs if n.upper() != "ID"] + [("ID", dataset.id)]
+        )
+    else:
+        reduction, pipeline = services.jobs.reduction_request(pairs), None
     if reduction.target is not None or reduction.parameters:
-        if dataset.kind != "raw":
+        if pipeline is None:
             raise SodaUsageError("TARGET and recipe parameters apply to raw IDs only")
-        dataset = await _cached_reduction(services, reduction, dataset)
+        dataset = await _cached_reduction(services, reduction, dataset, pipeline)
     flt = soda.filters()[0]
     if flt.empty and dataset.kind == "product":
         return _fits_file(dataset.path)
@@ -149,11 +154,14 @@ async def _product(services: Services, identifier: str, key: str, name: str) -> 
     return Dataset(identifier, path, "product")
 
 
-async def _cached_reduction(services: Services, request: ReductionRequest, raw: Dataset) -> Dataset:
+async def _cached_reduction(
+    services: Services, request: ReductionRequest, raw: Dataset, pipeline: Pipeline
+) -> Dataset:
     """The target product of reducing ``raw``, if every step is cached; else UsageError."""
     try:
-        plan = plan_reduction(
-            services.jobs.cascade,
+        plan = await asyncio.to_thread(
+            services.jobs.pipelines.plan,
+            pipeline,
             await services.jobs.raw_files(),
             target=request.target,
             ids=[raw.id],
@@ -182,8 +190,10 @@ async def _cached_reduction(services: Services, request: ReductionRequest, raw: 
     key = plan.job(dataset.target_job).step_key
     assert key is not None
     manifest = await asyncio.to_thread(services.products.manifest, key)
-    for item in manifest.get("products", []):
-        if item.get("main") and item.get("content_type") in FITS_TYPES:
+    mains = [p for p in manifest.get("products", []) if p.get("main")]
+    mains.sort(key=lambda p: raw.id not in p.get("serves", ()))  # the one for this file first
+    for item in mains:
+        if item.get("content_type") in FITS_TYPES:
             return Dataset(
                 f"ivo://{services.authority}/product?{key}/{item['file']}",
                 services.products.step_dir(key) / item["file"],

@@ -103,7 +103,9 @@ async def _local_recipes(services: Services, timeout_s: float) -> str:
         last = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
         raise CheckFailed(f"the recipe command exited with {process.returncode}: {last}")
     known = set(out.decode(errors="replace").split())
-    missing = sorted({t.recipe for t in services.jobs.cascade.tasks} - known)
+    registry = services.jobs.pipelines.registry
+    wanted = {t.recipe for p in registry.pipelines.values() for t in p.cascade.tasks}
+    missing = sorted(wanted - known)
     if missing:
         raise CheckFailed(f"recipes not installed: {', '.join(missing)}")
     return f"local: the recipe command runs ({len(known)} recipes)"

@@ -106,7 +106,8 @@ async def uws_service(
         settings, store, archive, worker=worker, sweeper=sweeper, worker_config=config
     ) as runtime:
         services = Services.from_runtime(runtime, archive)
-        app = build_app(ServiceState(store, get_cascade("ccd"), str(archive)), services, auth)
+        state = ServiceState(store, runtime.service.pipelines, str(archive))
+        app = build_app(state, services, auth)
         client = TestClient(TestServer(app))
         await client.start_server()
         try:

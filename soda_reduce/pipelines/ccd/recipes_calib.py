@@ -12,7 +12,6 @@ import logging
 
 import numpy as np
 
-from soda_reduce.pipelines.ccd import cascade as ccd
 from soda_reduce.pipelines.ccd.recipes_io import (
     MASK_BITS,
     Calibration,
@@ -28,8 +27,6 @@ from soda_reduce.pipelines.ccd.recipes_io import (
     write_image,
 )
 from soda_reduce.recipe.contract import (
-    InputSpec,
-    Recipe,
     RecipeCall,
     RecipeFailure,
     RecipeUsageError,
@@ -246,38 +243,3 @@ def vignetting(flat: np.ndarray) -> float:
     corners = [flat[:by, :bx], flat[:by, -bx:], flat[-by:, :bx], flat[-by:, -bx:]]
     corner = np.mean([np.nanmedian(c) for c in corners])
     return float(corner / np.nanmedian(centre))
-
-
-RECIPES = {
-    "ccd.master_bias": Recipe(
-        name="ccd.master_bias",
-        version=ccd.bias.recipe_version,
-        product="MASTER_BIAS",
-        run=master_bias,
-        inputs=(InputSpec("BIAS", 1, None),),
-        parameters=ccd.bias.parameters,
-        description=ccd.bias.description,
-    ),
-    "ccd.master_dark": Recipe(
-        name="ccd.master_dark",
-        version=ccd.dark.recipe_version,
-        product="MASTER_DARK",
-        run=master_dark,
-        inputs=(InputSpec("DARK", 1, None), InputSpec("MASTER_BIAS")),
-        parameters=ccd.dark.parameters,
-        description=ccd.dark.description,
-    ),
-    "ccd.master_flat": Recipe(
-        name="ccd.master_flat",
-        version=ccd.flat.recipe_version,
-        product="MASTER_FLAT",
-        run=master_flat,
-        inputs=(
-            InputSpec("FLAT", 1, None),
-            InputSpec("MASTER_BIAS"),
-            InputSpec("MASTER_DARK", 0, 1),
-        ),
-        parameters=ccd.flat.parameters,
-        description=ccd.flat.description,
-    ),
-}

@@ -20,7 +20,6 @@ from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import sigma_clipped_stats
 
-from soda_reduce.pipelines.ccd import cascade as ccd
 from soda_reduce.pipelines.ccd.recipes_io import (
     LAYOUT,
     MASK_BITS,
@@ -32,8 +31,6 @@ from soda_reduce.pipelines.ccd.recipes_io import (
     write_image,
 )
 from soda_reduce.recipe.contract import (
-    InputSpec,
-    Recipe,
     RecipeCall,
     RecipeFailure,
     RecipeUsageError,
@@ -216,21 +213,3 @@ def raw_stem(name: str) -> str:
         if lowered.endswith(suffix):
             return safe_name(name[: -len(suffix)])
     return safe_name(name)
-
-
-RECIPES = {
-    "ccd.science": Recipe(
-        name="ccd.science",
-        version=ccd.science.recipe_version,
-        product="REDUCED_SCIENCE",
-        run=science,
-        inputs=(
-            InputSpec("SCIENCE"),
-            InputSpec("MASTER_BIAS"),
-            InputSpec("MASTER_DARK", 0, 1),
-            InputSpec("MASTER_FLAT"),
-        ),
-        parameters=ccd.science.parameters,
-        description=ccd.science.description,
-    )
-}

@@ -23,7 +23,6 @@ from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from soda_reduce.pipelines.ccd import cascade as ccd
 from soda_reduce.pipelines.ccd.recipes_io import (
     MASK_BITS,
     MEDIAN_EFFICIENCY,
@@ -33,7 +32,7 @@ from soda_reduce.pipelines.ccd.recipes_io import (
     read_product,
     write_image,
 )
-from soda_reduce.recipe.contract import InputSpec, Recipe, RecipeCall, RecipeUsageError
+from soda_reduce.recipe.contract import RecipeCall, RecipeUsageError
 from soda_reduce.recipe.products import safe_name
 
 log = logging.getLogger("soda_reduce.recipe")
@@ -199,20 +198,4 @@ def stack(call: RecipeCall, use_reproject: bool | None = None) -> None:
     )
 
 
-def _stack(call: RecipeCall) -> None:
-    stack(call)
-
-
-RECIPES = {
-    "ccd.stack": Recipe(
-        name="ccd.stack",
-        version=ccd.stack.recipe_version,
-        product="STACKED_SCIENCE",
-        run=_stack,
-        inputs=(InputSpec("REDUCED_SCIENCE", 1, None),),
-        parameters=ccd.stack.parameters,
-        description=ccd.stack.description,
-    )
-}
-
-__all__: Sequence[str] = ("RECIPES", "align", "co_add", "resample", "stack")
+__all__: Sequence[str] = ("align", "co_add", "resample", "stack")

@@ -246,6 +246,17 @@ class Store:
             await listing.delete_many({"generation": generation})
         return saved
 
+    async def annotations_fingerprint(self) -> str | None:
+        """What the stored claims and overrides were computed with (runtime.claims)."""
+        state = await self.db[RAW_LISTING].find_one({"_id": _STATE_ID}, {"annotations": 1})
+        return state.get("annotations") if state else None
+
+    async def save_annotations_fingerprint(self, fingerprint: str) -> None:
+        with contextlib.suppress(DuplicateKeyError):
+            await self.db[RAW_LISTING].update_one(
+                {"_id": _STATE_ID}, {"$set": {"annotations": fingerprint}}, upsert=True
+            )
+
     async def raw_file_stats(self) -> dict[str, tuple[int, int]]:
         """path -> (size, mtime_ns) of every indexed file: what a rescan compares with."""
         listing = await self.raw_listing()

@@ -1,0 +1,1 @@
+"""Shane/Kast long-slit spectroscopy, reduced by PypeIt (docs/pipelines/kast.md)."""

@@ -1,0 +1,178 @@
+"""One archive, several pipelines: which files each claims, and planning with the right one.
+
+The indexer records which pipeline claims each raw file (``RawFile.pipeline``);
+planning a request means choosing that pipeline (named, or the one that claims
+the requested IDs), giving its planner only the files it claims, and its
+static library (shipped, plus the operator's ``_static/<pipeline>/``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from soda_reduce.pipelines import Pipeline, Registry
+from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.organisation import Frame, classify_all
+from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
+from soda_reduce.reduction.planner import plan_reduction
+from soda_reduce.reduction.static import StaticLibrary
+
+
+@dataclass
+class PipelineCounts:
+    claimed: int = 0
+    classified: int = 0
+    types: Counter[str] = field(default_factory=Counter)
+    overridden: int = 0
+
+
+@dataclass
+class ClaimSummary:
+    """How the archive's files split between pipelines: what index and plan report."""
+
+    total: int = 0
+    per_pipeline: dict[str, PipelineCounts] = field(default_factory=dict)
+    unclaimed: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    unclassified: list[tuple[str, str]] = field(default_factory=list)  # (path, pipeline)
+
+    @property
+    def classified(self) -> int:
+        return sum(c.classified for c in self.per_pipeline.values())
+
+    def lines(self) -> list[str]:
+        if not self.total:
+            return ["no FITS files in the archive"]
+        out = []
+        for name, counts in self.per_pipeline.items():
+            kinds = ", ".join(f"{n} {t}" for t, n in sorted(counts.types.items())) or "none"
+            over = f", {counts.overridden} overridden" if counts.overridden else ""
+            out.append(
+                f"{name}: {counts.claimed} claimed, {counts.classified} classified ({kinds}){over}"
+            )
+        if self.unclaimed:
+            out.append(f"{len(self.unclaimed)} file(s) no pipeline claims:")
+            out += [f"  {path}: {why}" for path, why in self.unclaimed[:50]]
+            if len(self.unclaimed) > 50:
+                out.append(f"  ... and {len(self.unclaimed) - 50} more")
+        if self.unclassified:
+            out.append(f"{len(self.unclassified)} claimed file(s) no rule classifies:")
+            out += [f"  {path} ({name})" for path, name in self.unclassified[:50]]
+        return out
+
+
+def files_of(files: Sequence[RawFile], pipeline: str) -> list[RawFile]:
+    return [raw for raw in files if raw.pipeline == pipeline]
+
+
+def frames_by_pipeline(
+    registry: Registry, files: Sequence[RawFile], only: str | None = None
+) -> dict[str, list[Frame]]:
+    """Each selected pipeline's files seen through its cascade."""
+    return {
+        p.name: classify_all(p.cascade, files_of(files, p.name)) for p in registry.selected(only)
+    }
+
+
+def summarise(
+    registry: Registry, files: Sequence[RawFile], only: str | None = None
+) -> tuple[ClaimSummary, dict[str, list[Frame]]]:
+    frames = frames_by_pipeline(registry, files, only)
+    summary = ClaimSummary(total=len(files))
+    for name, items in frames.items():
+        counts = PipelineCounts(claimed=len(items))
+        for frame in items:
+            if frame.categories:
+                counts.classified += 1
+                counts.types.update(frame.categories)
+            else:
+                summary.unclassified.append((frame.raw.path, name))
+            counts.overridden += frame.overridden or frame.calib_groups is not None
+        summary.per_pipeline[name] = counts
+    if only is None:
+        summary.unclaimed = [
+            (raw.path, raw.claim or "unclaimed") for raw in files if not raw.pipeline
+        ]
+    return summary, frames
+
+
+def pipelines_for_ids(
+    registry: Registry, files: Sequence[RawFile], ids: Sequence[str]
+) -> list[Pipeline]:
+    """The pipeline that claims the requested files; PlanRequestError if none or several."""
+    by_id = {raw.file_id: raw for raw in files}
+    names: dict[str, None] = {}
+    for file_id in ids:
+        raw = by_id.get(file_id)
+        if raw is None:
+            raise PlanRequestError(f"unknown ID {file_id}")
+        if raw.pipeline is None:
+            raise PlanRequestError(f"{file_id} cannot be reduced: {raw.claim or 'no pipeline'}")
+        names[raw.pipeline] = None
+    if len(names) > 1:
+        raise PlanRequestError(
+            f"the IDs belong to different pipelines ({', '.join(names)}): one request, one pipeline"
+        )
+    return [registry.get(name) for name in names]
+
+
+def plan_with(
+    pipeline: Pipeline,
+    files: Sequence[RawFile],
+    static_root: Path | None,
+    *,
+    target: str | None = None,
+    ids: Sequence[str] = (),
+    where: Mapping[str, Any] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> ReductionPlan:
+    """Plan one request with one pipeline, its files and its static library."""
+    return plan_reduction(
+        pipeline.cascade,
+        files_of(files, pipeline.name),
+        target=target,
+        ids=ids,
+        where=where,
+        parameters=parameters,
+        static=pipeline.static_library(static_root),
+    )
+
+
+@dataclass
+class ArchivePipelines:
+    """The pipelines serving one archive, with the operator's static calibrations."""
+
+    registry: Registry
+    static_root: Path | None = None
+    default_name: str = "ccd"
+    _static: dict[str, StaticLibrary] = field(default_factory=dict)
+
+    @property
+    def default(self) -> Pipeline:
+        """The pipeline of requests that name no file (their parameters are checked by it)."""
+        if self.default_name in self.registry.pipelines:
+            return self.registry.pipelines[self.default_name]
+        return next(iter(self.registry.pipelines.values()))
+
+    def get(self, name: str) -> Pipeline:
+        return self.registry.get(name)
+
+    def of(self, raw: RawFile) -> Pipeline | None:
+        return self.registry.pipelines.get(raw.pipeline) if raw.pipeline else None
+
+    def static(self, pipeline: Pipeline) -> StaticLibrary:
+        found = self._static.get(pipeline.name)
+        if found is None:
+            found = self._static[pipeline.name] = pipeline.static_library(self.static_root)
+        return found
+
+    def plan(self, pipeline: Pipeline, files: Sequence[RawFile], **request: Any) -> ReductionPlan:
+        return plan_reduction(
+            pipeline.cascade,
+            files_of(files, pipeline.name),
+            static=self.static(pipeline),
+            **request,
+        )
