@@ -268,8 +268,13 @@ async def test_product_links(svc: Service) -> None:
 
     (progenitor,) = by_semantics(rows, "#progenitor")
     assert progenitor["access_url"] == f"{svc.base}/archive/files/{svc.raw_id.split('?', 1)[1]}"
-    calibrations = {r["local_semantics"]: r for r in by_semantics(rows, "#calibration")}
+    every = by_semantics(rows, "#calibration")
+    calibrations = {r["local_semantics"]: r for r in every if "/products/" in r["access_url"]}
     assert set(calibrations) == {"MASTER_BIAS", "MASTER_DARK", "MASTER_FLAT"}
+    # and the raw frames behind those master calibrations, from the upstream manifests
+    behind = [r for r in every if "/archive/files/" in r["access_url"]]
+    assert {r["local_semantics"] for r in behind} == {"BIAS", "DARK", "FLAT"}
+    assert len(behind) >= 9 and len({r["access_url"] for r in behind}) == len(behind)
     for row in calibrations.values():
         assert row["access_url"].startswith(f"{svc.base}/products/")
         response = await svc.h.client.get(row["access_url"].removeprefix(svc.base))

@@ -26,7 +26,7 @@ from soda_reduce.pipelines.plugin import (
     describe_claims,
 )
 from soda_reduce.recipe.contract import Recipe
-from soda_reduce.reduction.static import PIPELINE_SCHEME
+from soda_reduce.reduction.static import PIPELINE_SCHEME, STATIC_SCHEME
 from soda_reduce.reduction.tasks import Cascade
 
 GROUP = "soda_reduce.pipelines"
@@ -102,18 +102,23 @@ class Registry:
         pipeline_name = name.split(".", 1)[0]
         return self.get(pipeline_name).recipe(name)
 
-    def static_path(self, reference: str) -> Path:
-        """The file behind ``pipeline:NAME/FILE``."""
-        if not reference.startswith(PIPELINE_SCHEME):
-            raise ValueError(f"{reference!r} is not a pipeline: reference")
-        name, _, file = reference[len(PIPELINE_SCHEME) :].partition("/")
+    def static_path(self, reference: str, operator_dir: Path | None = None) -> Path:
+        """The file behind ``pipeline:NAME/FILE`` (or ``static:NAME/FILE`` in the operator's
+        directory); ValueError for anything else, so a reference never escapes its folder."""
+        for scheme in (PIPELINE_SCHEME, STATIC_SCHEME):
+            if reference.startswith(scheme):
+                break
+        else:
+            raise ValueError(f"{reference!r} is not a static calibration reference")
+        name, _, file = reference[len(scheme) :].partition("/")
         pipeline = self.get(name)
-        if pipeline.static_dir is None or not file or "/" in file or file.startswith("."):
-            raise ValueError(f"pipeline {name} ships no static file {file!r}")
-        path = pipeline.static_dir / file
-        if not path.is_file():
-            raise ValueError(f"pipeline {name} ships no static file {file!r}")
-        return path
+        folder = pipeline.static_dir if scheme == PIPELINE_SCHEME else None
+        if scheme == STATIC_SCHEME and operator_dir is not None:
+            folder = operator_dir / pipeline.name
+        bad = not file or "/" in file or "\\" in file or file.startswith(".")
+        if folder is None or bad or not (folder / file).is_file():
+            raise ValueError(f"no static calibration {file!r} for pipeline {name}")
+        return folder / file
 
     def claim(self, header: Mapping[str, Any]) -> tuple[str | None, str | None]:
         """(pipeline, None) for the one pipeline that claims a header, else (None, why)."""

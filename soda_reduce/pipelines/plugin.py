@@ -27,7 +27,12 @@ from typing import Any
 from soda_reduce.recipe.contract import ANY, Recipe
 from soda_reduce.reduction.cascade import DataSource
 from soda_reduce.reduction.rules import Rule
-from soda_reduce.reduction.static import PIPELINE_SCHEME, StaticFile, StaticLibrary
+from soda_reduce.reduction.static import (
+    PIPELINE_SCHEME,
+    STATIC_SCHEME,
+    StaticFile,
+    StaticLibrary,
+)
 from soda_reduce.reduction.tasks import Cascade, Task
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
@@ -65,10 +70,9 @@ class Pipeline:
         """Shipped static calibrations, plus the operator's (``DIR/<name>/library.json``)."""
         files: list[StaticFile] = []
         if self.static_dir is not None:
-            files += read_library(self.static_dir, f"{PIPELINE_SCHEME}{self.name}/", "pipeline")
+            files += read_library(self.static_dir, self.name, "pipeline")
         if operator_dir is not None and (operator_dir / self.name / LIBRARY_INDEX).is_file():
-            own = operator_dir / self.name
-            files += read_library(own, f"{own.resolve()}/", "operator")
+            files += read_library(operator_dir / self.name, self.name, "operator")
         return StaticLibrary(tuple(files))
 
     def fingerprint(self) -> str:
@@ -83,11 +87,15 @@ class Pipeline:
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def read_library(directory: Path, prefix: str, origin: str) -> list[StaticFile]:
+def read_library(directory: Path, pipeline: str, origin: str) -> list[StaticFile]:
     """The entries of ``directory/library.json``::
 
-    {"files": [{"file": "shane_kast_blue_600.fits", "category": "REID_ARXIV",
-                "match": {"ARM": "blue", "GRISM_N": "600/4310"}, "description": "..."}]}
+        {"files": [{"file": "shane_kast_blue_600.fits", "category": "REID_ARXIV",
+                    "match": {"ARM": "blue", "DISPNAME": "600/4310"}, "description": "..."}]}
+
+    A shipped file is named ``pipeline:NAME/FILE`` (found in the pipeline package by
+    every process, local or pod); an operator's ``static:NAME/FILE``, with its absolute
+    path (it must be on a volume the recipes see, such as the archive's ``_static/``).
     """
     index = directory / LIBRARY_INDEX
     try:
@@ -105,11 +113,13 @@ def read_library(directory: Path, prefix: str, origin: str) -> list[StaticFile]:
         path = directory / name
         if "/" in name or name.startswith(".") or not path.is_file():
             raise PipelineError(f"static library {index}: entry {n}: no file {name!r} beside it")
+        shipped = origin == "pipeline"
+        reference = f"{PIPELINE_SCHEME if shipped else STATIC_SCHEME}{pipeline}/{name}"
         files.append(
             StaticFile(
-                path=prefix + name,
+                path=reference if shipped else str(path.resolve()),
                 checksum=file_sha256(path),
-                file_id=prefix + name,
+                file_id=reference,
                 category=category,
                 match=match,
                 description=str(entry.get("description", "")),

@@ -75,7 +75,8 @@ class MatchLevel:
         return True
 
     def describe_tolerances(self, ref: Any) -> str:
-        return ", ".join(f"{k}={ref.get(k)}±{t:g}" for k, t in self.tolerances)
+        shown = [(k, t) for k, t in self.tolerances if ref.get(k) is not None]
+        return ", ".join(f"{k}={ref.get(k)}±{t:g}" for k, t in shown)
 
 
 def _is_number(value: Any) -> bool:
@@ -171,6 +172,7 @@ class DataSource:
     clustering: TimeClustering | None = None
     match: AssociationRule | None = None
     condition: Rule = field(default_factory=Always)
+    group_near: tuple[tuple[str, float], ...] = ()  # numeric grouping keys, with tolerances
 
     @property
     def category(self) -> str:
@@ -181,8 +183,15 @@ class DataSourceBuilder:
     def __init__(self, name: str, classified_as: Classification) -> None:
         self._source = DataSource(name, classified_as)
 
-    def group_by(self, *keywords: str) -> DataSourceBuilder:
-        self._source = replace(self._source, group_by=tuple(k.upper() for k in keywords))
+    def group_by(
+        self, *keywords: str, near: Mapping[str, float] | None = None
+    ) -> DataSourceBuilder:
+        """Frames with equal ``keywords`` (and ``near`` keywords within their tolerance)
+        are reduced together."""
+        tolerances = tuple((k.upper(), float(v)) for k, v in sorted((near or {}).items()))
+        self._source = replace(
+            self._source, group_by=tuple(k.upper() for k in keywords), group_near=tolerances
+        )
         return self
 
     def cluster_in_time(self, max_gap_hours: float) -> DataSourceBuilder:

@@ -9,12 +9,14 @@ an operator's override replaces them.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from soda_reduce.reduction.cascade import DataSource, TimeClustering
 from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.overrides import ALL_GROUPS
 from soda_reduce.reduction.rules import normalise, show
 from soda_reduce.reduction.tasks import Cascade
 
@@ -129,10 +131,13 @@ def group_frames(
     frames: Sequence[Frame],
     keywords: tuple[str, ...],
     clustering: TimeClustering | None,
+    near: tuple[tuple[str, float], ...] = (),
 ) -> list[FrameGroup]:
     """Groups in a deterministic order: by keyword values, then time.
 
     No grouping keywords means each frame is reduced on its own (one job per file).
+    ``near`` keywords (a grating tilt) split groups where sorted values jump by more
+    than the tolerance, as PypeIt tells setups apart by a relative tolerance.
     """
     if not keywords:
         return [
@@ -142,20 +147,54 @@ def group_frames(
     buckets: dict[tuple[Any, ...], FrameGroup] = {}
     for frame in sorted(frames, key=_sort_key):
         values = tuple(frame.get(k) for k in keywords)
-        # frames an operator put in different calibration groups are never combined
-        bucket_key = (*(normalise(v) for v in values), frame.calib_groups)
+        # frames an operator put in different calibration groups are never combined;
+        # a frame in "all" groups joins the frames of its setup as if it had none
+        groups = frame.calib_groups
+        if groups is not None and ALL_GROUPS in groups:
+            groups = None
+        bucket_key = (*(normalise(v) for v in values), groups)
         group = buckets.get(bucket_key)
         if group is None:
             keys = tuple(zip(keywords, values, strict=True))
-            if frame.calib_groups is not None:
-                keys += (("CALIB", ",".join(frame.calib_groups)),)
+            if groups is not None:
+                keys += (("CALIB", ",".join(groups)),)
             group = FrameGroup(source_name, keys)
             buckets[bucket_key] = group
         group.frames.append(frame)
-    groups = sorted(buckets.values(), key=lambda g: (_sort_key(g.frames[0]), g.group_id))
+    ordered = sorted(buckets.values(), key=lambda g: (_sort_key(g.frames[0]), g.group_id))
+    for keyword, tolerance in near:
+        ordered = [part for group in ordered for part in _split_by_value(group, keyword, tolerance)]
     if clustering is None:
-        return groups
-    return [part for group in groups for part in _split_by_gap(group, clustering.max_gap_hours)]
+        return ordered
+    return [part for group in ordered for part in _split_by_gap(group, clustering.max_gap_hours)]
+
+
+def _split_by_value(group: FrameGroup, keyword: str, tolerance: float) -> list[FrameGroup]:
+    """Runs of frames whose ``keyword`` values lie within ``tolerance`` of their neighbours."""
+    numbers = [f.get(keyword) for f in group.frames]
+    if all(v is None for v in numbers):
+        return [group]
+    by_value = sorted(group.frames, key=lambda f: (_number(f.get(keyword)), _sort_key(f)))
+    runs: list[list[Frame]] = [[by_value[0]]]
+    for previous, frame in itertools.pairwise(by_value):
+        a, b = _number(previous.get(keyword)), _number(frame.get(keyword))
+        if not (abs(b - a) <= tolerance):  # NaN (a missing value) always starts a new run
+            runs.append([])
+        runs[-1].append(frame)
+    if len(runs) == 1:
+        return [group]
+    parts = []
+    for run in runs:
+        run.sort(key=_sort_key)
+        keys = (*group.keys, (keyword, run[0].get(keyword)))
+        parts.append(FrameGroup(group.source, keys, run, group.cluster))
+    return parts
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return float("nan")
 
 
 def _split_by_gap(group: FrameGroup, max_gap_hours: float) -> list[FrameGroup]:

@@ -115,7 +115,8 @@ class Planner:
         source = main.source
         if isinstance(source, DataSource):
             frames = frames_of(source, self.frames)
-            groups = group_frames(source.name, frames, main.grouping, main.time_clustering)
+            near = source.group_near if main.group_by is None else ()
+            groups = group_frames(source.name, frames, main.grouping, main.time_clustering, near)
             if selected is not None:
                 groups = [g for g in groups if any(f.file_id in selected for f in g.frames)]
             return [Unit.of_frames(g) for g in groups]

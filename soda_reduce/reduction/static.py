@@ -16,7 +16,8 @@ from typing import Any
 
 from soda_reduce.reduction.rules import KeywordSource, normalise, show
 
-PIPELINE_SCHEME = "pipeline:"  # a path inside a pipeline package: pipeline:NAME/FILE
+PIPELINE_SCHEME = "pipeline:"  # a file shipped inside a pipeline package: pipeline:NAME/FILE
+STATIC_SCHEME = "static:"  # a file of the operator's static library: static:NAME/FILE
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ interval, its filter passband, and Stokes I (an unpolarised image) must overlap
 the request. A dataset without the information a filter needs is a usage error;
 a request outside the data is `NoOverlap` (HTTP 204 in sync, an error result in
 async).
+
+A file without a 2-D image but with a 1-D spectrum table (the kast SPECTRUM_1D
+product) is cut along its rows by BAND instead (`runtime.cutout_spectrum`): the
+spectrum's one position is inside a region or not, TIME and POL as for images.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from soda_reduce.runtime import cutout_spectrum as spectra
 from soda_reduce.vo.coverage import celestial_wcs, exposure_interval, filter_band
 from soda_reduce.vo.regions import Polygon, Region, separation
 from soda_reduce.vo.soda import SodaFilter, SodaUsageError
@@ -72,7 +77,8 @@ class Cutout:
 
 
 def cut_fits(path: Path, flt: SodaFilter, *, source: str = "") -> Cutout | NoOverlap:
-    """The cutout of the first 2-D image of ``path``; SodaUsageError if it cannot apply."""
+    """The cutout of the first 2-D image of ``path``, else of its 1-D spectrum table;
+    SodaUsageError if it cannot apply."""
     with fits.open(path, memmap=False) as hdul:
         index = next(
             (
@@ -83,7 +89,10 @@ def cut_fits(path: Path, flt: SodaFilter, *, source: str = "") -> Cutout | NoOve
             None,
         )
         if index is None:
-            raise SodaUsageError(f"{path.name} holds no 2-D image to cut")
+            table = spectra.spectrum_index(hdul)
+            if table is None:
+                raise SodaUsageError(f"{path.name} holds no 2-D image or 1-D spectrum to cut")
+            return _cut_spectrum(hdul, table, flt, path.name, source or path.name)
         header = _merged_header(hdul, index)
         shape = hdul[index].data.shape
         reason = _non_spatial(flt, header, path.name)
@@ -142,20 +151,53 @@ def _merged_header(hdul: fits.HDUList, index: int) -> fits.Header:
     return header
 
 
-def _non_spatial(flt: SodaFilter, header: fits.Header, name: str) -> NoOverlap | None:
-    """TIME, BAND and POL keep the whole 2-D image or none of it."""
+def _cut_spectrum(
+    hdul: fits.HDUList, index: int, flt: SodaFilter, name: str, source: str
+) -> Cutout | NoOverlap:
+    """A spectrum table: TIME and POL as for images, the region on its position, BAND on
+    its rows; the kept rows in a copy of the file (docs/soda.md, "Spectra")."""
+    primary = spectra.primary_header(hdul)
+    reason = _non_spatial(flt, spectra.time_header(primary), name, band=False)
+    if reason is not None:
+        return reason
+    if flt.region is not None:
+        ra, dec = spectra.position(primary, name)
+        if not spectra.contains(flt.region, ra, dec):
+            return NoOverlap(f"{flt.region.soda()} does not contain {name} (at {ra} {dec})")
+    hdu = hdul[index]
+    wavelength = spectra.wavelengths(hdu)
+    keep = np.ones(wavelength.size, dtype=bool)
+    history = [f"SODA cutout of {source}: {flt.describe()}"]
+    if flt.band is not None:
+        metres, unit = spectra.metres_per_unit(hdu, name)
+        keep = spectra.band_rows(wavelength, metres, flt.band)
+        if not keep.any():
+            finite = wavelength[np.isfinite(wavelength)]
+            held = f"{finite.min():g}-{finite.max():g} {unit}" if finite.size else "no wavelength"
+            return NoOverlap(f"BAND {flt.band} m does not overlap the spectrum of {name} ({held})")
+        history.append(f"{int(keep.sum())} of {keep.size} rows kept: wavelength in BAND")
+    if not keep.any():
+        return NoOverlap(f"the spectrum table of {name} has no rows")
+    return Cutout(spectra.cut_rows(primary, hdu, keep, history), None)
+
+
+def _non_spatial(
+    flt: SodaFilter, header: fits.Header, name: str, *, band: bool = True
+) -> NoOverlap | None:
+    """TIME, BAND and POL keep the whole 2-D image or none of it (``band=False``: a spectrum,
+    whose rows BAND cuts)."""
     if flt.time is not None:
         when = exposure_interval(header)
         if when is None:
             raise SodaUsageError(f"TIME: {name} has no exposure time (MJD-OBS or DATE-OBS)")
         if not flt.time.overlaps(when):
             return NoOverlap(f"TIME {flt.time} does not overlap the exposure ({when} MJD)")
-    if flt.band is not None:
-        band = filter_band(header)
-        if band is None:
+    if band and flt.band is not None:
+        passband = filter_band(header)
+        if passband is None:
             raise SodaUsageError(f"BAND: the filter of {name} ({header.get('FILTER')}) is unknown")
-        if not flt.band.overlaps(band):
-            return NoOverlap(f"BAND {flt.band} does not overlap the filter passband ({band} m)")
+        if not flt.band.overlaps(passband):
+            return NoOverlap(f"BAND {flt.band} does not overlap the filter passband ({passband} m)")
     if flt.pol and "I" not in flt.pol:
         return NoOverlap(f"POL {' '.join(flt.pol)}: {name} is unpolarised (Stokes I only)")
     return None

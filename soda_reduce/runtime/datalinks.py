@@ -125,9 +125,7 @@ def raw_reduction(
         problem = "; ".join(dict.fromkeys(reasons))
     by_id = {f.file_id: f for f in files}
     picked = tuple(picked_calibrations(plan, raw.file_id, by_id))
-    return RawReduction(
-        category, names, default, plan, problem, picked, tuple(parameters), **facts
-    )
+    return RawReduction(category, names, default, plan, problem, picked, tuple(parameters), **facts)
 
 
 def picked_calibrations(
@@ -212,6 +210,8 @@ class StepFile:
     size: int | None
     main: bool = False
     preview_of: str | None = None
+    auxiliary: bool = False
+    serves: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,36 @@ class ProductFacts:
     upstream: dict[str, tuple[StepFile, ...]]  # step key -> that step's products
     header: fits.Header | None  # the image header, for the cutout limits
     has_log: bool
+    behind: tuple[StepInput, ...] = ()  # raw and static files the upstream steps used
+
+
+MAX_UPSTREAM_STEPS = 200  # a cascade is a few steps deep; a bound, not a limit in practice
+
+
+def files_behind(products: ProductStore, inputs: Sequence[StepInput]) -> tuple[StepInput, ...]:
+    """The raw frames and static files behind a product's upstream steps, from their
+    manifests: the biases behind the master bias, the arc template behind the wavelength
+    solution. DataLink lists them as #calibration beside the direct inputs."""
+    direct = {i.file_id for i in inputs if i.file_id}
+    queue = [i.step_key for i in inputs if i.step_key and STEP_KEY.match(i.step_key)]
+    seen: set[str] = set()
+    found: dict[str, StepInput] = {}
+    while queue and len(seen) < MAX_UPSTREAM_STEPS:
+        key = queue.pop(0)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            manifest = products.manifest(key)
+        except ProductError:
+            continue
+        for entry in manifest.get("inputs", []):
+            file_id, step = entry.get("file_id"), entry.get("step_key")
+            if file_id and file_id not in direct and file_id not in found:
+                found[file_id] = StepInput(str(entry.get("category", "")), "associated", file_id)
+            elif step and STEP_KEY.match(str(step)):
+                queue.append(str(step))
+    return tuple(found.values())
 
 
 def _step_files(products: ProductStore, key: str) -> tuple[StepFile, ...]:
@@ -243,6 +273,8 @@ def _step_files(products: ProductStore, key: str) -> tuple[StepFile, ...]:
                 path.stat().st_size if path.is_file() else None,
                 bool(item.get("main")),
                 item.get("preview_of"),
+                bool(item.get("auxiliary")),
+                tuple(item.get("serves") or ()),
             )
         )
     return tuple(out)
@@ -332,7 +364,8 @@ def _facts(
     }
     task = str(doc.get("task", "")) if doc else ""
     has_log = (products.step_dir(key) / LOG_NAME).is_file()
-    return ProductFacts(item, task, stored, step_files, inputs, upstream, header, has_log)
+    behind = files_behind(products, inputs)
+    return ProductFacts(item, task, stored, step_files, inputs, upstream, header, has_log, behind)
 
 
 async def product_facts(

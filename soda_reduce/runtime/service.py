@@ -114,8 +114,7 @@ class JobService:
             except KeyError:
                 names = ", ".join([*(t.name for t in cascade.tasks), *cascade.meta_targets])
                 raise UsageError(
-                    f"unknown TARGET {target!r} for the {cascade.name} pipeline "
-                    f"(targets: {names})"
+                    f"unknown TARGET {target!r} for the {cascade.name} pipeline (targets: {names})"
                 ) from None
         ids: list[str] = []
         for value in grouped.get("ID", []):

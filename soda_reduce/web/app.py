@@ -25,6 +25,7 @@ from soda_reduce.web import (
     products,
     raw_page,
     soda_sync,
+    static_calibrations,
     uws,
     vosi,
 )
@@ -118,4 +119,5 @@ def build_app(
         services.events.add_listener(services.status_cache.on_event)
         for module in (uws, products, soda_sync, datalink, vosi, archive, bundles, pages, raw_page):
             module.add_routes(app)
+        static_calibrations.add_routes(app)
     return app

@@ -57,6 +57,7 @@ from soda_reduce.web.context import (
     product_url,
 )
 from soda_reduce.web.products import FILE_NAME
+from soda_reduce.web.static_calibrations import static_url
 
 DATALINK_PATH = "/datalink"
 FILES_PATH = "/archive/files"
@@ -214,6 +215,15 @@ class _Builder:
         for step_input in facts.inputs:
             semantics = "#progenitor" if step_input.role == "main" else "#calibration"
             links.extend(await self.input_links(identifier, semantics, step_input, facts))
+        for step_input in facts.behind:  # what the upstream steps were made from
+            links.extend(await self.input_links(identifier, "#calibration", step_input, facts))
+        for other in facts.step_files:  # what the same step made beside it: QA plots, spectra
+            if other.file == item.file or other.preview_of is not None:
+                continue
+            kind = "auxiliary file" if other.auxiliary else "product of the same step"
+            links.append(
+                self.step_link(identifier, "#auxiliary", other, f"{other.category}: {kind}")
+            )
         directory = self.services.products.step_dir(item.step_key)
         if facts.has_log:
             links.append(
@@ -287,6 +297,26 @@ class _Builder:
     async def input_links(
         self, identifier: str, semantics: str, step_input: StepInput, facts: ProductFacts
     ) -> list[Link]:
+        url = static_url(self.root, step_input.file_id or "")
+        if url is not None:  # a static calibration: an arc template, a mask...
+            reference = step_input.file_id or ""
+            name = reference.rsplit("/", 1)[-1]
+            pipeline = reference.split(":", 1)[-1].split("/", 1)[0]
+            origin = (
+                f"shipped with the {pipeline} pipeline"
+                if reference.startswith("pipeline:")
+                else "from the operator's static library"
+            )
+            return [
+                Link(
+                    identifier,
+                    "#calibration",
+                    f"Static calibration {step_input.category} {name} ({origin})",
+                    access_url=url,
+                    content_type=raw_content_type(name),
+                    local_semantics=step_input.category,
+                )
+            ]
         if step_input.file_id is not None:
             raw = (await self.raw_index()).get(step_input.file_id)
             if raw is None:

@@ -90,14 +90,22 @@ raw_bias = (
     .match(same_setup("ARM"))  # biases serve an arm whatever the setup
     .build()
 )
-raw_trace = data_source("raw_trace", TRACE).group_by(*SETUP, "NIGHT").match(_ladder(*SETUP)).build()
+raw_trace = (
+    data_source("raw_trace", TRACE)
+    .group_by(*SETUP, "NIGHT", near=TILT_TOLERANCE)
+    .match(_ladder(*SETUP))
+    .build()
+)
 raw_pixelflat = (
-    data_source("raw_pixelflat", PIXELFLAT).group_by(*SETUP, "NIGHT").match(_ladder(*SETUP)).build()
+    data_source("raw_pixelflat", PIXELFLAT)
+    .group_by(*SETUP, "NIGHT", near=TILT_TOLERANCE)
+    .match(_ladder(*SETUP))
+    .build()
 )
 raw_illumflat = data_source("raw_illumflat", ILLUMFLAT).match(_ladder(*SETUP, "NIGHT")).build()
 raw_arc = (
     data_source("raw_arc", ARC)
-    .group_by(*SETUP, "NIGHT")
+    .group_by(*SETUP, "NIGHT", near=TILT_TOLERANCE)
     .cluster_in_time(2.0)  # arcs taken hours apart are separate calibrations
     .match(_ladder(*SETUP))  # closest in time first
     .build()

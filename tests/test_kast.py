@@ -1,0 +1,251 @@
+"""The real Kast night through the kast pipeline: typing as PypeIt types, a job driven by pyvo.
+
+- ``soda-reduce index --json`` gives each file the types PypeIt's own ``pypeit_setup``
+  gives it (run here on the same files, offline);
+- a SODA async job ``ID=<b27>&TARGET=science`` through a ``soda-reduce serve`` process,
+  driven by pyvo, completes; its results hold b27's 1-D spectrum over ~3,400-5,500 A;
+  DataLink on it lists b27 as #progenitor, the calibrations (bias, flat, arc, standard,
+  arc template) as #calibration and a #preview, and passes STILTS ``datalinklint``;
+- the same job again is all cache hits.
+
+PypeIt is the pipeline's optional extra (``soda-reduce[kast]``), which the README's test
+command installs: these tests fail in CI when it is missing, and skip only outside CI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from astropy.io import fits
+
+from tests.test_serve import Served, bounded, create_job, job_document, plan_counts, serve
+
+KAST = Path(__file__).resolve().parents[2] / "shared" / "data" / "kast"
+RAW = KAST / "raw"
+OURS_TO_PYPEIT = {
+    "BIAS": "bias",
+    "ARC": "arc",
+    "TILT": "tilt",
+    "PIXELFLAT": "pixelflat",
+    "ILLUMFLAT": "illumflat",
+    "TRACE": "trace",
+    "STANDARD": "standard",
+    "SCIENCE": "science",
+}
+JOB_S = 900  # a whole Kast reduction on two cores takes about two minutes
+
+
+def _need_pypeit() -> None:
+    if importlib.util.find_spec("pypeit") is None:
+        if os.environ.get("CI"):
+            pytest.fail("PypeIt is not installed: the test command installs soda-reduce[kast]")
+        pytest.skip("PypeIt is not installed (pip install soda-reduce[kast])")
+    if not RAW.is_dir():
+        pytest.fail(f"the Kast night is missing: {RAW}")
+
+
+def _stilts() -> str:
+    found = shutil.which("stilts")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("stilts is not installed: the test command installs it")
+        pytest.skip("stilts not on PATH")
+    return found
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SODA_REDUCE_")}
+    command = [sys.executable, "-m", "soda_reduce.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def pypeit_types(raw: Path, out: Path) -> dict[str, set[str]]:
+    """PypeIt's own frame types for the files, from the .pypeit file pypeit_setup writes."""
+    script = (
+        "import sys\n"
+        "from soda_reduce.pipelines.kast.offline import install_site_registry\n"
+        "install_site_registry()\n"
+        "from pypeit.scripts.setup import Setup\n"
+        "Setup.entry_point()\n"
+    )
+    command = [sys.executable, "-c", script, "-s", "shane_kast_blue", "-r", str(raw)]
+    command += ["-c", "all", "-d", str(out)]
+    out.mkdir(parents=True, exist_ok=True)  # pypeit_setup writes its log in the cwd
+    done = subprocess.run(command, cwd=out, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = list(out.rglob("*.pypeit"))
+    assert len(files) == 1, files
+    lines = files[0].read_text().splitlines()
+    start = lines.index("data read")
+    header = None
+    found: dict[str, set[str]] = {}
+    for line in lines[start + 1 :]:
+        if line.strip() == "data end":
+            break
+        if line.strip().startswith("path "):
+            continue
+        cells = [c.strip() for c in line.split("|")]
+        if header is None:
+            header = cells
+            continue
+        row = dict(zip(header, cells, strict=True))
+        found[row["filename"]] = set(row["frametype"].split(","))
+    return found
+
+
+def test_index_types_match_pypeit_setup(tmp_path: Path) -> None:
+    _need_pypeit()
+    done = _cli("index", "--archive", str(RAW), "--data-dir", str(tmp_path / "d"), "--json",
+                cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    assert listing["pipelines"]["kast"]["claimed"] == 9
+    assert listing["pipelines"]["kast"]["classified"] == 9
+    assert listing["pipelines"]["ccd"]["claimed"] == 0
+    ours = {Path(f["path"]).name: {OURS_TO_PYPEIT[t] for t in f["types"]} for f in listing["files"]}
+    assert all(f["pipeline"] == "kast" for f in listing["files"])
+    theirs = pypeit_types(RAW, tmp_path / "setup")
+    assert set(theirs) == set(ours) and len(ours) == 9
+    for name in sorted(ours):
+        assert ours[name] == theirs[name], (name, ours[name], theirs[name])
+    assert ours["b1.fits.gz"] == {"arc", "tilt"}
+    assert ours["b11.fits.gz"] == {"pixelflat", "illumflat", "trace"}
+
+
+def test_plan_names_the_arc_template_and_meta_target(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    done = _cli("plan", "--archive", str(RAW), "--data-dir", data, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["cascade"] == "kast" and plan["complete"]
+    tasks = [j["task"] for j in plan["jobs"]]
+    assert tasks == ["bias", "slits", "arc", "flat", "standard", "science"]
+    arc = next(j for j in plan["jobs"] if j["task"] == "arc")
+    static = [i for i in arc["inputs"] if i["role"] == "static"]
+    assert [(i["category"], i["file_id"]) for i in static] == [
+        ("REID_ARXIV", "pipeline:kast/shane_kast_blue_600.fits")
+    ]
+    assert next(i for i in arc["inputs"] if i["role"] == "main")["types"] == ["ARC", "TILT"]
+    calib = _cli("plan", "--archive", str(RAW), "--data-dir", data, "--json", "--target",
+                 "calibrations", cwd=tmp_path)  # fmt: skip
+    assert calib.returncode == 0, calib.stderr
+    tasks = {j["task"] for j in json.loads(calib.stdout)["jobs"]}
+    assert tasks == {"bias", "slits", "arc", "flat"}
+
+
+def test_nothing_to_plan_is_an_error_with_reasons(tmp_path: Path) -> None:
+    """A file no pipeline claims: index and plan say why and exit non-zero."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    header = fits.Header({"OBSTYPE": "OBJECT", "EXPTIME": 10.0, "DATE-OBS": "2015-05-20"})
+    fits.PrimaryHDU(header=header).writeto(archive / "odd.fits")
+    data = str(tmp_path / "d")
+    done = _cli("index", "--archive", str(archive), "--data-dir", data, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "odd.fits" in done.stdout + done.stderr
+    assert "no pipeline claims it" in done.stdout + done.stderr
+    assert "kast: 0 claimed" in done.stdout + done.stderr
+    planned = _cli("plan", "--archive", str(archive), "--data-dir", data, cwd=tmp_path)
+    assert planned.returncode == 1
+    assert "nothing can be planned" in planned.stderr and "odd.fits" in planned.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = _cli("plan", "--archive", str(empty), "--data-dir", str(tmp_path / "e"), cwd=tmp_path)
+    assert none.returncode == 1 and "no FITS files" in none.stderr
+
+
+# ----------------------------------------------------------------------- the service
+
+
+@pytest.fixture(scope="module")
+def kast_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    _need_pypeit()
+    data_dir = tmp_path_factory.mktemp("kast-serve") / "data"
+    with serve(data_dir, "--archive", str(RAW), "--checksum", "fast") as served:
+        yield served
+
+
+def _run_job(served: Served, session: requests.Session, file_id: str) -> str:
+    import pyvo
+
+    url = create_job(session, served.base, {"ID": file_id, "TARGET": "science", "PHASE": "RUN"})
+    job = pyvo.dal.AsyncTAPJob(url, session=session)
+    bounded(lambda: job.wait(timeout=JOB_S), JOB_S + 60, "the Kast job")
+    job.raise_if_error()
+    assert job.phase == "COMPLETED", served.output()[-5000:]
+    return url
+
+
+def test_kast_job_with_pyvo(kast_served: Served, tmp_path: Path) -> None:
+    import pyvo
+    from pyvo.dal.adhoc import DatalinkResults
+
+    session = kast_served.session()
+    b27 = "ivo://example.org/raw?b27.fits.gz"
+    url = _run_job(kast_served, session, b27)
+    job = pyvo.dal.AsyncTAPJob(url, session=session)
+    table = job.fetch_result().to_table()
+    spectra = [row for row in table if row["category"] == "SPECTRUM_1D"]
+    assert len(spectra) == 1, list(table["category"])
+    spectrum = spectra[0]
+    assert bool(spectrum["main"]) and spectrum["task"] == "science"
+    # the standard's spectrum is a product of another step, never the science dataset's main
+    standard_rows = [r for r in table if r["task"] == "standard" and bool(r["main"])]
+    assert standard_rows and all(r["category"] == "KAST_SPEC1D" for r in standard_rows)
+    response = session.get(str(spectrum["access_url"]), timeout=60)
+    assert response.status_code == 200
+    with fits.open(io.BytesIO(response.content)) as hdul:
+        assert hdul[0].header["OBJECT"] == "J1217p3905"
+        wave = hdul["SPECTRUM"].data["WAVELENGTH"]
+        flux = hdul["SPECTRUM"].data["FLUX"]
+        assert hdul["SPECTRUM"].columns["WAVELENGTH"].unit == "Angstrom"
+        assert 3300 < wave.min() < 3600 and 5400 < wave.max() < 5700, (wave.min(), wave.max())
+        assert (flux > 0).mean() > 0.8 and len(wave) > 1500
+
+    links = DatalinkResults.from_result_url(
+        f"{kast_served.base}/datalink?ID={quote(str(spectrum['ID']), safe='')}", session=session
+    )
+    rows = [(r.semantics, r.access_url, r.description) for r in links]
+    progenitors = [u for s, u, _ in rows if s == "#progenitor"]
+    assert len(progenitors) == 1 and progenitors[0].endswith("/b27.fits.gz"), rows
+    calibrations = " | ".join(f"{u} {d}" for s, u, d in rows if s == "#calibration")
+    for needed in ("Bias_A_0", "Flat_A_0", "WaveCalib_A_0", "Tilts_A_0", "spec1d_b24",
+                   "shane_kast_blue_600.fits"):  # fmt: skip
+        assert needed in calibrations, (needed, calibrations)
+    previews = [u for s, u, _ in rows if s == "#preview"]
+    assert len(previews) == 1 and previews[0].endswith(".png")
+    png = session.get(previews[0], timeout=60)
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    template = next(u for s, u, _ in rows if s == "#calibration" and "shane_kast" in u)
+    got = session.get(template, timeout=60)
+    assert got.status_code == 200
+    assert got.content == (KAST / "static" / "shane_kast_blue_600.fits").read_bytes()
+    assert any(s == "#auxiliary" and u.endswith(".png") for s, u, _ in rows)  # QA plots
+
+    stilts = _stilts()
+    body = session.get(
+        f"{kast_served.base}/datalink?ID={quote(str(spectrum['ID']), safe='')}", timeout=60
+    ).content
+    path = tmp_path / "links.xml"
+    path.write_bytes(body)
+    done = subprocess.run([stilts, "datalinklint", str(path)], capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    report = done.stdout + done.stderr
+    totals = re.search(r"Totals: Errors: (\d+); Warnings: (\d+)", report)
+    assert totals is not None and totals.group(1) == "0", report
+
+    again = _run_job(kast_served, session, b27)
+    counts = plan_counts(job_document(session, again))
+    assert counts is not None and counts[0] == counts[1] == 6, counts
