@@ -54,25 +54,32 @@ def loaded_registry(only: str | None) -> Registry:
 async def indexed_files(
     settings: Settings, archive: Path, found: Registry, progress: Any = None
 ) -> tuple[list[RawFile], Any]:
+    from soda_reduce.runtime.store import open_store
+
+    async with open_store(settings) as store:
+        return await index_into(store, settings, archive, found, progress)
+
+
+async def index_into(
+    store: Any, settings: Settings, archive: Path, found: Registry, progress: Any = None
+) -> tuple[list[RawFile], Any]:
+    """Bring the index up to date (claims and overrides recorded); every file after."""
     from soda_reduce.runtime.claims import annotator_for
     from soda_reduce.runtime.indexer import index_archive
-    from soda_reduce.runtime.store import open_store
 
     try:
         annotator = annotator_for(found, settings.data_dir, settings.overrides_path)
     except OverridesError as exc:
         raise CommandError(f"overrides: {exc}") from None
-    async with open_store(settings) as store:
-        report = await index_archive(
-            store,
-            archive,
-            authority=settings.authority,
-            checksum_mode=settings.checksum_mode,
-            progress=progress,
-            annotator=annotator,
-        )
-        files = await store.all_raw_files()
-    return files, report
+    report = await index_archive(
+        store,
+        archive,
+        authority=settings.authority,
+        checksum_mode=settings.checksum_mode,
+        progress=progress,
+        annotator=annotator,
+    )
+    return await store.all_raw_files(), report
 
 
 def cmd_index(settings: Settings, args: argparse.Namespace, progress: Any) -> int:
@@ -256,9 +263,7 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, progress: Any) -> int
 
 
 async def reduce_archive(settings: Settings, args: argparse.Namespace) -> int:
-    from soda_reduce.runtime.executors.local import LocalExecutor
     from soda_reduce.runtime.products import ProductStore
-    from soda_reduce.runtime.runner import PlanRunner, RunnerConfig
     from soda_reduce.runtime.store import open_store
 
     found = loaded_registry(args.pipeline)
@@ -266,18 +271,33 @@ async def reduce_archive(settings: Settings, args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     if not out.parent.is_dir():
         raise CommandError(f"error: --out: no folder {out.parent}")
-    files, _ = await indexed_files(settings, archive, found)
-    plans = plans_for(settings, args, found, files)
-    for _, plan in plans:
-        for dataset in plan.datasets:
-            if not dataset.complete:
-                print(
-                    f"not reduced: {dataset.label}: {'; '.join(dataset.reasons)}", file=sys.stderr
-                )
-    why = nothing_reducible(plans)
-    if why is not None:
-        print(why, file=sys.stderr)
-        return EXIT_NOTHING
+    async with open_store(settings) as store:  # once: starting the embedded store costs
+        files, _ = await index_into(store, settings, archive, found)
+        plans = plans_for(settings, args, found, files)
+        for _, plan in plans:
+            for dataset in plan.datasets:
+                if not dataset.complete:
+                    reasons = "; ".join(dataset.reasons)
+                    print(f"not reduced: {dataset.label}: {reasons}", file=sys.stderr)
+        why = nothing_reducible(plans)
+        if why is not None:
+            print(why, file=sys.stderr)
+            return EXIT_NOTHING
+        outcomes = await _run_plans(store, plans, args, archive, out)
+    return _report(outcomes, ProductStore(out), out)
+
+
+async def _run_plans(
+    store: Any,
+    plans: list[tuple[Pipeline, ReductionPlan]],
+    args: argparse.Namespace,
+    archive: Path,
+    out: Path,
+) -> list[tuple[ReductionPlan, Any]]:
+    from soda_reduce.runtime.executors.local import LocalExecutor
+    from soda_reduce.runtime.products import ProductStore
+    from soda_reduce.runtime.runner import PlanRunner, RunnerConfig
+
     show = sys.stderr.isatty()
     total = sum(len(plan.runnable_jobs()) for _, plan in plans)
     bar = tqdm(total=total, desc="steps", unit="step", file=sys.stderr, disable=not show)
@@ -297,25 +317,24 @@ async def reduce_archive(settings: Settings, args: argparse.Namespace) -> int:
         executor = LocalExecutor(concurrency=args.jobs)
     products = ProductStore(out)
     outcomes = []
-    async with open_store(settings) as store:
-        try:
-            for pipeline, plan in plans:
-                runner = PlanRunner(
-                    store,
-                    executor,
-                    products,
-                    archive,
-                    config=RunnerConfig(max_attempts=args.max_attempts, rerun=args.rerun),
-                    on_event=on_event,
-                    pipeline=pipeline.name,
-                )
-                outcome = await runner.run(plan)
-                outcomes.append((plan, outcome))
-                offset += len(plan.runnable_jobs())
-        finally:
-            bar.close()
-            await executor.close()
-    return _report(outcomes, products, out)
+    try:
+        for pipeline, plan in plans:
+            runner = PlanRunner(
+                store,
+                executor,
+                products,
+                archive,
+                config=RunnerConfig(max_attempts=args.max_attempts, rerun=args.rerun),
+                on_event=on_event,
+                pipeline=pipeline.name,
+            )
+            outcome = await runner.run(plan)
+            outcomes.append((plan, outcome))
+            offset += len(plan.runnable_jobs())
+    finally:
+        bar.close()
+        await executor.close()
+    return outcomes
 
 
 def _report(outcomes: list[tuple[ReductionPlan, Any]], products: Any, out: Path) -> int:

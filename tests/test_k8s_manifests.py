@@ -120,6 +120,14 @@ def test_images_are_those_the_dockerfiles_build() -> None:
     config = _one("ConfigMap", "soda-reduce")["data"]
     repository, _, tag = config["SODA_REDUCE_K8S_IMAGE_CCD"].rpartition(":")
     assert repository.rsplit("/", 1)[-1] == ccd and tag and tag != "latest"
+    # every installed pipeline has an image, built by its own Dockerfile
+    from soda_reduce.pipelines import registry
+
+    for name in registry().names():
+        dockerfile = DOCKER / f"{name}-pipeline.Dockerfile"
+        title = _dockerfile_label(dockerfile, "org.opencontainers.image.title")
+        repository, _, tag = config[f"SODA_REDUCE_K8S_IMAGE_{name.upper()}"].rpartition(":")
+        assert repository.rsplit("/", 1)[-1] == title and tag and tag != "latest"
 
 
 def test_the_executor_settings_match_the_manifests() -> None:
@@ -135,7 +143,7 @@ def test_the_executor_settings_match_the_manifests() -> None:
     assert claims[config.products_claim] == ["ReadWriteMany"]
     accounts = {d["metadata"]["name"]: d for d in _kind("ServiceAccount")}
     assert accounts[config.service_account]["automountServiceAccountToken"] is False
-    assert config.in_cluster and set(config.images) == {"ccd"}
+    assert config.in_cluster and set(config.images) == {"ccd", "kast"}
     worker = _one("Deployment", "soda-reduce-worker")["spec"]["template"]["spec"]
     mounts = {m["name"]: m["mountPath"] for m in worker["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in worker["volumes"]
@@ -196,7 +204,9 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.parametrize("name", ["Dockerfile", "ccd-pipeline.Dockerfile"])
+@pytest.mark.parametrize(
+    "name", ["Dockerfile", "ccd-pipeline.Dockerfile", "kast-pipeline.Dockerfile"]
+)
 def test_dockerfile_sanity(name: str) -> None:
     steps = _instructions(DOCKER / name)
     args = dict(a.split("=", 1) for kind, a in steps if kind == "ARG" and "=" in a)

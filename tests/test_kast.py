@@ -173,7 +173,11 @@ def test_nothing_to_plan_is_an_error_with_reasons(tmp_path: Path) -> None:
 def kast_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     _need_pypeit()
     data_dir = tmp_path_factory.mktemp("kast-serve") / "data"
-    with serve(data_dir, "--archive", str(RAW), "--checksum", "fast") as served:
+    # an operator's override that changes no step: the science frame in calibration group 0
+    overrides = data_dir.parent / "overrides.txt"
+    overrides.write_text("# file        types  calib\nb27.fits.gz   -      0\n")
+    env = {"SODA_REDUCE_OVERRIDES": str(overrides)}
+    with serve(data_dir, "--archive", str(RAW), "--checksum", "fast", env=env) as served:
         yield served
 
 
@@ -246,6 +250,61 @@ def test_kast_job_with_pyvo(kast_served: Served, tmp_path: Path) -> None:
     totals = re.search(r"Totals: Errors: (\d+); Warnings: (\d+)", report)
     assert totals is not None and totals.group(1) == "0", report
 
+    # pages for people: the pipelines with their counts, the override shown as one
+    home = session.get(f"{kast_served.base}/", timeout=60).text
+    assert 'id="pipelines"' in home and "<code>kast</code>" in home
+    assert "ARC,TILT" in home and "SCIENCE (override)" in home
+    page = session.get(f"{kast_served.base}/raw/b27.fits.gz", timeout=60).text
+    assert 'id="override"' in page and "calibration group 0" in page
+    assert '<dd id="pipeline">kast</dd>' in page
+    arc_page = session.get(f"{kast_served.base}/raw/b1.fits.gz", timeout=60).text
+    assert "ARC, TILT" in arc_page
+
     again = _run_job(kast_served, session, b27)
     counts = plan_counts(job_document(session, again))
     assert counts is not None and counts[0] == counts[1] == 6, counts
+
+
+# ----------------------------------------------------------------------- docs as written
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+KAST_DOC = Path(__file__).resolve().parents[1] / "docs" / "pipelines" / "kast.md"
+BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
+
+
+def _doc_steps(text: str) -> list[tuple[str, list[str]]]:
+    """(command, expected output lines) for each kast command of a document, in order."""
+    blocks = BLOCK.findall(text)
+    steps: list[tuple[str, list[str]]] = []
+    for n, (kind, body) in enumerate(blocks):
+        if kind != "sh":
+            continue
+        expected: list[str] = []
+        if n + 1 < len(blocks) and blocks[n + 1][0] == "text":
+            expected = [line.strip() for line in blocks[n + 1][1].splitlines() if line.strip()]
+        for line in body.splitlines():
+            command = line.split("#", 1)[0].strip()
+            if command.startswith("soda-reduce ") and "kast/raw" in command:
+                steps.append((command, expected))
+    return steps
+
+
+@pytest.mark.parametrize("doc", [README, KAST_DOC], ids=["README", "kast.md"])
+def test_kast_commands_in_the_docs_run_as_written(doc: Path, tmp_path: Path) -> None:
+    """From a folder beside ``shared/`` (as the project root is): every command succeeds
+    and prints what the document shows after it."""
+    steps = _doc_steps(doc.read_text())
+    assert steps, f"no kast command found in {doc.name}"
+    root = tmp_path / "main"
+    root.mkdir()
+    (tmp_path / "shared").symlink_to(KAST.parents[1], target_is_directory=True)
+    soda = Path(sys.executable).with_name("soda-reduce")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SODA_REDUCE_")}
+    for command, expected in steps:
+        argv = [str(soda), *command.split()[1:]]
+        done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+        lines = {line.strip() for line in done.stdout.splitlines()}
+        missing = [line for line in expected if line not in lines]
+        assert not missing, (command, missing, done.stdout)

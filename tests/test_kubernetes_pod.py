@@ -155,3 +155,19 @@ def test_judge_reads_less_common_failures(
     outcome = judge.update({"status": status}, now=0.0)
     assert outcome is not None and not outcome.ok and outcome.transient is transient
     assert outcome.error is not None and outcome.error.startswith(error)
+
+
+def test_image_from_settings_else_from_the_pipeline_plugin(tmp_path: Path) -> None:
+    """SODA_REDUCE_K8S_IMAGE_<NAME> wins; without it, the image the plug-in names."""
+    from dataclasses import replace
+
+    from soda_reduce.pipelines import registry
+
+    executor = KubernetesExecutor(config(tmp_path))
+    run = make_run(tmp_path)
+    assert executor.pod_manifest(run)["spec"]["containers"][0]["image"] == IMAGE
+    kast = replace(run, pipeline="kast", recipe="kast.science")
+    image = executor.pod_manifest(kast)["spec"]["containers"][0]["image"]
+    assert image == registry().get("kast").image and "kast" in image
+    with pytest.raises(KeyError):
+        executor.pod_manifest(replace(run, pipeline="nosuchpipeline"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -30,6 +31,7 @@ from soda_reduce.reduction.static import PIPELINE_SCHEME, STATIC_SCHEME
 from soda_reduce.reduction.tasks import Cascade
 
 GROUP = "soda_reduce.pipelines"
+ENABLE_VAR = "SODA_REDUCE_PIPELINES"  # comma-separated names; empty: every installed one
 CORE_RECIPES = {"core.noop": "soda_reduce.recipe.noop"}
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,19 @@ class _HeaderView:
 class Registry:
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # name -> why
+    disabled: list[str] = field(default_factory=list)  # installed, not enabled
 
     @classmethod
     def load(cls, only: str | None = None, group: str = GROUP) -> Registry:
+        """Every installed pipeline, or those ``SODA_REDUCE_PIPELINES`` (comma-separated)
+        enables; ``only`` loads one (the recipe process)."""
         registry = cls()
+        enabled = {n.strip() for n in os.environ.get(ENABLE_VAR, "").split(",") if n.strip()}
         for entry in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
             if only is not None and entry.name != only:
+                continue
+            if enabled and entry.name not in enabled and only is None:
+                registry.disabled.append(entry.name)
                 continue
             registry.add_entry(entry.name, entry.value, entry.load)
         return registry
@@ -92,6 +101,8 @@ class Registry:
             return found
         if name.lower() in self.refused:
             raise PipelineError(f"pipeline {name} was refused: {self.refused[name.lower()]}")
+        if name.lower() in self.disabled:
+            raise PipelineError(f"pipeline {name} is installed but not in {ENABLE_VAR}")
         raise KeyError(f"unknown pipeline {name!r} (known: {', '.join(self.names()) or 'none'})")
 
     def selected(self, name: str | None) -> list[Pipeline]:
@@ -121,13 +132,21 @@ class Registry:
         return folder / file
 
     def claim(self, header: Mapping[str, Any]) -> tuple[str | None, str | None]:
-        """(pipeline, None) for the one pipeline that claims a header, else (None, why)."""
+        """(pipeline, None) for the one pipeline that claims a header, else (None, why).
+
+        Instrument pipelines come first; a generic ``fallback`` one (ccd) claims only
+        what none of them does. Two claimants of the same rank are a conflict to fix."""
         view = _HeaderView(header)
-        claimants = [p.name for p in self.pipelines.values() if p.claims.matches(view)]
-        if len(claimants) == 1:
-            return claimants[0], None
-        if claimants:
-            return None, f"claimed by several pipelines ({', '.join(claimants)})"
+        for fallback in (False, True):
+            claimants = [
+                p.name
+                for p in self.pipelines.values()
+                if p.fallback == fallback and p.claims.matches(view)
+            ]
+            if len(claimants) == 1:
+                return claimants[0], None
+            if claimants:
+                return None, f"claimed by several pipelines ({', '.join(claimants)})"
         return None, "no pipeline claims it: " + describe_claims(list(self.pipelines.values()))
 
     def fingerprint(self) -> str:

@@ -58,6 +58,7 @@ class Pipeline:
     static_dir: Path | None = None
     requires: tuple[str, ...] = ()  # Python modules its recipes import (checked by /availability)
     instruments: str = ""  # in words, for pages and docs
+    fallback: bool = False  # claims only files that no other pipeline claims (a generic one)
 
     def recipe(self, name: str) -> Recipe:
         for item in self.recipes:
@@ -81,6 +82,7 @@ class Pipeline:
             "name": self.name,
             "version": self.version,
             "claims": self.claims.describe(),
+            "fallback": self.fallback,
             "cascade": self.cascade.version,
             "classes": [(c.category, c.rule.describe()) for c in self.cascade.classifications],
         }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soda_reduce.pipelines import Pipeline, Registry
+from soda_reduce.pipelines import Pipeline, PipelineError, Registry
 from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.organisation import Frame, classify_all
 from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
@@ -130,14 +130,8 @@ def plan_with(
     parameters: Mapping[str, Any] | None = None,
 ) -> ReductionPlan:
     """Plan one request with one pipeline, its files and its static library."""
-    return plan_reduction(
-        pipeline.cascade,
-        files_of(files, pipeline.name),
-        target=target,
-        ids=ids,
-        where=where,
-        parameters=parameters,
-        static=pipeline.static_library(static_root),
+    return ArchivePipelines(Registry({pipeline.name: pipeline}), static_root).plan(
+        pipeline, files, target=target, ids=ids, where=where, parameters=parameters
     )
 
 
@@ -164,9 +158,14 @@ class ArchivePipelines:
         return self.registry.pipelines.get(raw.pipeline) if raw.pipeline else None
 
     def static(self, pipeline: Pipeline) -> StaticLibrary:
+        """The pipeline's static library; PlanRequestError if the operator's is unreadable."""
         found = self._static.get(pipeline.name)
         if found is None:
-            found = self._static[pipeline.name] = pipeline.static_library(self.static_root)
+            try:
+                found = pipeline.static_library(self.static_root)
+            except PipelineError as exc:
+                raise PlanRequestError(f"the {pipeline.name} static library: {exc}") from None
+            self._static[pipeline.name] = found
         return found
 
     def plan(self, pipeline: Pipeline, files: Sequence[RawFile], **request: Any) -> ReductionPlan:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -172,6 +173,22 @@ async def _kubernetes_api(timeout_s: float) -> str:
     return f"kubernetes: the API server answers (version {version})"
 
 
+async def _pipelines(services: Services) -> str:
+    """Every installed pipeline loaded; locally, the software its recipes import is here
+    (a pod brings its own, in the pipeline's image)."""
+    registry = services.jobs.pipelines.registry
+    problems = [f"{name} refused ({why})" for name, why in sorted(registry.refused.items())]
+    if _settings(services).executor == "local":
+        for pipeline in registry.pipelines.values():
+            missing = [m for m in pipeline.requires if importlib.util.find_spec(m) is None]
+            if missing:
+                problems.append(f"{pipeline.name} needs {', '.join(missing)} (not installed)")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    names = ", ".join(f"{p.name} {p.version}" for p in registry.pipelines.values())
+    return f"pipelines: {names}"
+
+
 def _free_bytes(path: Path) -> int:
     while not path.exists() and path != path.parent:
         path = path.parent  # the product store is created on first use
@@ -215,6 +232,7 @@ class AvailabilityMonitor:
             "broker": lambda: _broker(services),
             "executor": self._executor_check,
             "disk": lambda: _disk(services),
+            "pipelines": lambda: _pipelines(services),
         }
 
     async def report(self) -> list[CheckResult]:

@@ -10,7 +10,8 @@ from soda_reduce.reduction.rules import kw
 PIPELINE = Pipeline(
     name="ccd",
     version="1",
-    # the reference cascade classifies by IMAGETYP: it claims every file that has one
+    # the reference cascade classifies by IMAGETYP: it claims files that have one, when no
+    # instrument pipeline claims them
     claims=kw("IMAGETYP").exists(),
     cascade=CASCADE,
     recipes=RECIPES,
@@ -18,4 +19,5 @@ PIPELINE = Pipeline(
     description="CCD imaging: master bias, dark, flat; reduced science frames; stacks.",
     requires=("ccdproc",),
     instruments="any CCD camera writing IMAGETYP (observatory and amateur software)",
+    fallback=True,  # generic: an instrument's own pipeline claims its files first
 )

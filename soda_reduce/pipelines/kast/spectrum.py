@@ -66,7 +66,7 @@ def write_spectrum(call: RecipeCall, spec1d: Path, frame: RecipeInput) -> None:
             if key in primary:
                 header[key] = primary[key]
         header["OBJECT"] = primary.get("TARGET", primary.get("OBJECT", ""))
-        header["SPECSRC"] = (source.name, "PypeIt object: spatial pos., slit, detector")
+        header["SPECSRC"] = (source.name, "PypeIt object (position, slit, detector)")
         header["EXTRACT"] = ("optimal", "PypeIt extraction")
         header["FLUXCAL"] = (False, "counts: not flux-calibrated")
         target = str(header["OBJECT"])

@@ -78,8 +78,11 @@ class KubernetesExecutor:
         )
 
     def pod_manifest(self, run: StepRun) -> dict[str, Any]:
-        """The Pod this attempt would create (KeyError: no image for the pipeline)."""
-        image = self.config.images[run.pipeline]
+        """The Pod this attempt would create (KeyError: no image for the pipeline).
+
+        The image is the operator's ``SODA_REDUCE_K8S_IMAGE_<PIPELINE>``, else the one
+        the pipeline plug-in names."""
+        image = self.config.images.get(run.pipeline) or pipeline_image(run.pipeline)
         return build_pod(run, pod_name(run), image, self.recipe_command(run), self.config)
 
     async def run(self, run: StepRun) -> StepOutcome:
@@ -386,3 +389,16 @@ def _api_error(exc: BaseException) -> str:
     if isinstance(exc, k8s.ApiException):
         return f"{exc.status} {exc.reason or ''}: {_status_message(exc.body or '')}".strip(": ")
     return repr(exc)
+
+
+def pipeline_image(name: str) -> str:
+    """The container image a pipeline plug-in names (KeyError if none)."""
+    from soda_reduce.pipelines import PipelineError, registry
+
+    try:
+        image = registry().get(name).image
+    except (KeyError, PipelineError):
+        image = ""
+    if not image:
+        raise KeyError(name)
+    return image
