@@ -59,6 +59,7 @@ class Pipeline:
     requires: tuple[str, ...] = ()  # Python modules its recipes import (checked by /availability)
     instruments: str = ""  # in words, for pages and docs
     fallback: bool = False  # claims only files that no other pipeline claims (a generic one)
+    warm: str = ""  # "module:function" doing the recipes' heavy imports once (warm runners)
 
     def recipe(self, name: str) -> Recipe:
         for item in self.recipes:

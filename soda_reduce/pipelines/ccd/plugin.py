@@ -18,6 +18,7 @@ PIPELINE = Pipeline(
     image="soda-reduce:latest",
     description="CCD imaging: master bias, dark, flat; reduced science frames; stacks.",
     requires=("ccdproc",),
+    warm="soda_reduce.pipelines.ccd.recipes:warm_up",
     instruments="any CCD camera writing IMAGETYP (observatory and amateur software)",
     fallback=True,  # generic: an instrument's own pipeline claims its files first
 )

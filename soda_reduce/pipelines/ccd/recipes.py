@@ -68,3 +68,11 @@ RECIPES: tuple[Recipe, ...] = (
         description=ccd.stack.description,
     ),
 )
+
+
+def warm_up() -> None:
+    """The recipes' imports, done once in a warm runner (runtime/executors/zygote.py)."""
+    from importlib import import_module
+
+    for module in ("recipes_calib", "recipes_science", "recipes_stack"):
+        import_module(f"soda_reduce.pipelines.ccd.{module}")

@@ -19,5 +19,6 @@ PIPELINE = Pipeline(
     description="Shane/Kast long-slit spectroscopy (blue and red), reduced by PypeIt 2.",
     static_dir=Path(__file__).resolve().parent / "static",
     requires=("pypeit",),
+    warm="soda_reduce.pipelines.kast.pypeit_steps:warm_up",
     instruments="Lick Observatory Shane 3-m, Kast double spectrograph (VERSION kastb/kastr)",
 )

@@ -49,6 +49,16 @@ RAW_TYPES = {  # our frame types -> PypeIt's
 SPECTROGRAPHS = {"kastb": "shane_kast_blue", "kastr": "shane_kast_red"}
 
 
+def warm_up() -> None:
+    """PypeIt's import (~3.6 s of CPU), done once in a warm runner for every step."""
+    from soda_reduce.pipelines.kast.offline import install_site_registry
+
+    install_site_registry()
+    from pypeit import pypeit, pypeit_steps  # noqa: F401
+
+    from soda_reduce.pipelines.kast import spectrum  # noqa: F401
+
+
 def bias(call: RecipeCall) -> None:
     _calibrate(call, "bias", ("KAST_BIAS",))
 
