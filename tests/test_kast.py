@@ -30,20 +30,12 @@ import pytest
 import requests
 from astropy.io import fits
 
+from soda_reduce.pipelines.kast.pypeit_steps import RAW_TYPES
 from tests.test_serve import Served, bounded, create_job, job_document, plan_counts, serve
 
 KAST = Path(__file__).resolve().parents[2] / "shared" / "data" / "kast"
 RAW = KAST / "raw"
-OURS_TO_PYPEIT = {
-    "BIAS": "bias",
-    "ARC": "arc",
-    "TILT": "tilt",
-    "PIXELFLAT": "pixelflat",
-    "ILLUMFLAT": "illumflat",
-    "TRACE": "trace",
-    "STANDARD": "standard",
-    "SCIENCE": "science",
-}
+OURS_TO_PYPEIT = RAW_TYPES  # our frame types -> PypeIt's
 JOB_S = 900  # a whole Kast reduction on two cores takes about two minutes
 
 
@@ -308,3 +300,25 @@ def test_kast_commands_in_the_docs_run_as_written(doc: Path, tmp_path: Path) -> 
         lines = {line.strip() for line in done.stdout.splitlines()}
         missing = [line for line in expected if line not in lines]
         assert not missing, (command, missing, done.stdout)
+
+
+def test_calibration_group_all_keeps_frames_together() -> None:
+    """A bias an operator put in 'all' groups joins its night's biases; one in group 1 does not."""
+    from soda_reduce.pipelines.kast.cascade import CASCADE
+    from soda_reduce.reduction.index_model import RawFile, raw_file_id
+    from soda_reduce.reduction.planner import plan_reduction
+
+    def bias(name: str, minute: int, override: dict | None = None) -> RawFile:
+        header = {"VERSION": "kastb", "OBSTYPE": "DARK", "EXPTIME": 0.0,
+                  "DATE-OBS": f"2015-05-20T03:{minute:02d}:00", "GRISM_N": "600/4310",
+                  "BSPLIT_N": "d55"}  # fmt: skip
+        return RawFile(raw_file_id(name), name, header, checksum=name, override=override)
+
+    files = [bias("b1.fits", 1), bias("b2.fits", 2, {"calib": ["all"]}), bias("b3.fits", 3)]
+    plan = plan_reduction(CASCADE, files, target="bias")
+    assert [sorted(d.main_inputs) for d in plan.datasets] == [
+        [raw_file_id(f"b{n}.fits") for n in (1, 2, 3)]
+    ]
+    files[1] = bias("b2.fits", 2, {"calib": ["1"]})
+    plan = plan_reduction(CASCADE, files, target="bias")
+    assert sorted(len(d.main_inputs) for d in plan.datasets) == [1, 2]

@@ -46,6 +46,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+async def _started(run: StepRun) -> None:
+    """Until the recipe says it is sleeping (bounded: 20 s)."""
+    for _ in range(400):
+        await asyncio.sleep(0.05)
+        if "sleeping" in (run.log_path.read_text() if run.log_path.exists() else ""):
+            return
+    pytest.fail("the recipe never started")
+
+
 def _zygote_pid(executor: LocalExecutor) -> int:
     assert executor._warm is not None
     return executor._warm._zygotes["ccd"].process.pid
@@ -91,12 +100,7 @@ async def test_cancelled_step_kills_the_forked_recipe(tmp_path: Path) -> None:
     try:
         run = step(tmp_path, "slow", {"sleep_s": 60})
         task = asyncio.create_task(executor.run(run))
-        for _ in range(400):
-            await asyncio.sleep(0.05)
-            if "sleeping" in (run.log_path.read_text() if run.log_path.exists() else ""):
-                break
-        else:
-            pytest.fail("the recipe never started")
+        await _started(run)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -112,10 +116,7 @@ async def test_a_dead_warm_runner_fails_the_attempt_and_is_replaced(tmp_path: Pa
         zygote = _zygote_pid(executor)
         run = step(tmp_path, "victim", {"sleep_s": 60})
         task = asyncio.create_task(executor.run(run))
-        for _ in range(400):
-            await asyncio.sleep(0.05)
-            if "sleeping" in (run.log_path.read_text() if run.log_path.exists() else ""):
-                break
+        await _started(run)
         os.kill(zygote, signal.SIGKILL)
         outcome = await asyncio.wait_for(task, timeout=30)
         assert not outcome.ok and outcome.transient and "warm runner" in (outcome.error or "")
