@@ -77,22 +77,19 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _archive_command(name: str) -> Any:
+    """``index``, ``plan`` or ``reduce`` (soda_reduce/cli_archive.py), with the indexing bar."""
+
     def command(args: argparse.Namespace) -> int:
         from soda_reduce import cli_archive
 
         progress = _Progress("indexing", sys.stderr.isatty())
+        run = {
+            "index": lambda s, a: cli_archive.cmd_index(s, a, progress),
+            "plan": lambda s, a: cli_archive.cmd_plan(s, a, progress),
+            "reduce": lambda s, a: asyncio.run(cli_archive.reduce_archive(s, a)),
+        }[name]
         try:
-            if name == "index":
-                return cli_archive.run_command(
-                    lambda s, a: cli_archive.cmd_index(s, a, progress), _settings(args), args
-                )
-            if name == "plan":
-                return cli_archive.run_command(
-                    lambda s, a: cli_archive.cmd_plan(s, a, progress), _settings(args), args
-                )
-            return cli_archive.run_command(
-                lambda s, a: asyncio.run(cli_archive.reduce_archive(s, a)), _settings(args), args
-            )
+            return cli_archive.run_command(run, _settings(args), args)
         finally:
             progress.close()
 

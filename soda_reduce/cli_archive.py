@@ -64,21 +64,12 @@ async def index_into(
     store: Any, settings: Settings, archive: Path, found: Registry, progress: Any = None
 ) -> tuple[list[RawFile], Any]:
     """Bring the index up to date (claims and overrides recorded); every file after."""
-    from soda_reduce.runtime.claims import annotator_for
-    from soda_reduce.runtime.indexer import index_archive
+    from soda_reduce.runtime.indexer import index_with_claims
 
     try:
-        annotator = annotator_for(found, settings.data_dir, settings.overrides_path)
+        report = await index_with_claims(store, archive, settings, progress)
     except OverridesError as exc:
         raise CommandError(f"overrides: {exc}") from None
-    report = await index_archive(
-        store,
-        archive,
-        authority=settings.authority,
-        checksum_mode=settings.checksum_mode,
-        progress=progress,
-        annotator=annotator,
-    )
     return await store.all_raw_files(), report
 
 

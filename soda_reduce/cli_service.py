@@ -17,10 +17,8 @@ from pathlib import Path
 from aiohttp import web
 
 from soda_reduce.config import Settings
-from soda_reduce.pipelines import registry
-from soda_reduce.runtime.claims import annotator_for
 from soda_reduce.runtime.host import open_runtime
-from soda_reduce.runtime.indexer import index_archive
+from soda_reduce.runtime.indexer import index_with_claims
 from soda_reduce.runtime.store import Store, open_store
 from soda_reduce.web.app import ServiceState, build_app
 from soda_reduce.web.context import Services
@@ -44,14 +42,7 @@ async def _archive(settings: Settings, generate: bool) -> Path:
 
 
 async def _index(store: Store, settings: Settings, archive: Path) -> None:
-    annotator = annotator_for(registry(), settings.data_dir, settings.overrides_path)
-    report = await index_archive(
-        store,
-        archive,
-        authority=settings.authority,
-        checksum_mode=settings.checksum_mode,
-        annotator=annotator,
-    )
+    report = await index_with_claims(store, archive, settings)
     print(f"archive {archive}: {report.summary()}", flush=True)
 
 

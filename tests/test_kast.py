@@ -184,7 +184,9 @@ def _run_job(served: Served, session: requests.Session, file_id: str) -> str:
     return url
 
 
-def test_kast_job_with_pyvo(kast_served: Served, tmp_path: Path) -> None:
+def test_kast_job_with_pyvo(
+    kast_served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pyvo
     from pyvo.dal.adhoc import DatalinkResults
 
@@ -241,6 +243,9 @@ def test_kast_job_with_pyvo(kast_served: Served, tmp_path: Path) -> None:
     report = done.stdout + done.stderr
     totals = re.search(r"Totals: Errors: (\d+); Warnings: (\d+)", report)
     assert totals is not None and totals.group(1) == "0", report
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the snippets' own HTTP clients: loopback
+    _soda_spectrum_snippets_run_as_written(kast_served, str(spectrum["ID"]), tmp_path)
 
     # pages for people: the pipelines with their counts, the override shown as one
     home = session.get(f"{kast_served.base}/", timeout=60).text
@@ -322,3 +327,25 @@ def test_calibration_group_all_keeps_frames_together() -> None:
     files[1] = bias("b2.fits", 2, {"calib": ["1"]})
     plan = plan_reduction(CASCADE, files, target="bias")
     assert sorted(len(d.main_inputs) for d in plan.datasets) == [1, 2]
+
+
+SODA_DOC = Path(__file__).resolve().parents[1] / "docs" / "soda.md"
+
+
+def _soda_spectrum_snippets_run_as_written(served: Served, product_id: str, tmp_path: Path) -> None:
+    """docs/soda.md's two spectrum examples (curl, pyvo) against the Kast product just made."""
+    section = SODA_DOC.read_text().split("## Spectra", 1)[1].split("\n## ", 1)[0]
+    blocks = dict((kind, body) for kind, body in BLOCK.findall(section))
+    assert set(blocks) == {"sh", "python"}, blocks.keys()
+    step_key = product_id.split("?", 1)[1].split("/", 1)[0]
+    env = {**os.environ, "BASE": served.base, "STEPKEY": step_key}
+    done = subprocess.run(["bash", "-e", "-c", blocks["sh"]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with fits.open(tmp_path / "part.fits") as hdul:
+        wave = hdul["SPECTRUM"].data["WAVELENGTH"]
+        assert len(wave) > 100 and wave.min() >= 4000 and wave.max() <= 4500
+    names: dict[str, object] = {"base": served.base, "product_id": product_id}
+    exec(compile(blocks["python"], "docs/soda.md", "exec"), names)
+    part = names["part"]
+    assert len(part) == len(wave) and part["WAVELENGTH"].min() >= 4000

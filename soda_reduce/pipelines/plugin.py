@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -245,15 +245,6 @@ def _check_parameters(where: str, task: Task, recipe: Recipe) -> list[str]:
         if p.name.lower() not in offered
     ]
     return problems
-
-
-@dataclass
-class ClaimReport:
-    """Per pipeline: files claimed and classified; files no pipeline claims, with why."""
-
-    claimed: dict[str, int] = field(default_factory=dict)
-    classified: dict[str, int] = field(default_factory=dict)
-    unclaimed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def describe_claims(pipelines: Sequence[Pipeline]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from soda_reduce.pipelines import Pipeline, PipelineError, Registry
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame, classify_all
+from soda_reduce.reduction.organisation import Frame, classify_all, make_frame
 from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
 from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.reduction.static import StaticLibrary
@@ -130,9 +130,23 @@ def plan_with(
     parameters: Mapping[str, Any] | None = None,
 ) -> ReductionPlan:
     """Plan one request with one pipeline, its files and its static library."""
-    return ArchivePipelines(Registry({pipeline.name: pipeline}), static_root).plan(
-        pipeline, files, target=target, ids=ids, where=where, parameters=parameters
+    return plan_reduction(
+        pipeline.cascade,
+        files_of(files, pipeline.name),
+        target=target,
+        ids=ids,
+        where=where,
+        parameters=parameters,
+        static=static_library(pipeline, static_root),
     )
+
+
+def static_library(pipeline: Pipeline, static_root: Path | None) -> StaticLibrary:
+    """The pipeline's static library; PlanRequestError if the operator's is unreadable."""
+    try:
+        return pipeline.static_library(static_root)
+    except PipelineError as exc:
+        raise PlanRequestError(f"the {pipeline.name} static library: {exc}") from None
 
 
 @dataclass
@@ -157,15 +171,16 @@ class ArchivePipelines:
     def of(self, raw: RawFile) -> Pipeline | None:
         return self.registry.pipelines.get(raw.pipeline) if raw.pipeline else None
 
+    def frame(self, raw: RawFile) -> Frame:
+        """The file seen through the cascade of its pipeline (unclassified if none claims it)."""
+        pipeline = self.of(raw)
+        return make_frame(pipeline.cascade, raw) if pipeline is not None else Frame(raw, {})
+
     def static(self, pipeline: Pipeline) -> StaticLibrary:
         """The pipeline's static library; PlanRequestError if the operator's is unreadable."""
         found = self._static.get(pipeline.name)
         if found is None:
-            try:
-                found = pipeline.static_library(self.static_root)
-            except PipelineError as exc:
-                raise PlanRequestError(f"the {pipeline.name} static library: {exc}") from None
-            self._static[pipeline.name] = found
+            found = self._static[pipeline.name] = static_library(pipeline, self.static_root)
         return found
 
     def plan(self, pipeline: Pipeline, files: Sequence[RawFile], **request: Any) -> ReductionPlan:

@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soda_reduce.config import Settings
 from soda_reduce.pipelines import registry
 from soda_reduce.reduction.fits_headers import FITS_SUFFIXES, is_fits_name, read_header
 from soda_reduce.reduction.index_model import RawFile, raw_file_id
 from soda_reduce.reduction.overrides import Overrides
-from soda_reduce.runtime.claims import Annotator
+from soda_reduce.runtime.claims import Annotator, annotator_for
 from soda_reduce.runtime.store import RawFileState, Store
 
 CHECKSUM_MODES = ("full", "fast")
@@ -286,3 +287,22 @@ def fast_checksum(header_bytes: bytes, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256(header_bytes)
     digest.update(f"\0{size}\0{mtime_ns}".encode())
     return digest.hexdigest()
+
+
+async def index_with_claims(
+    store: Store,
+    archive_root: Path,
+    settings: Settings,
+    progress: Progress | None = None,
+) -> IndexReport:
+    """The scan every command and the service run: the installed pipelines' claims and the
+    operator's overrides file recorded with each file (OverridesError if it is malformed)."""
+    annotator = annotator_for(registry(), settings.data_dir, settings.overrides_path)
+    return await index_archive(
+        store,
+        archive_root,
+        authority=settings.authority,
+        checksum_mode=settings.checksum_mode,
+        progress=progress,
+        annotator=annotator,
+    )

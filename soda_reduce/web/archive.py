@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame, make_frame
+from soda_reduce.reduction.organisation import Frame
 from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.vo.archive_table import RawRow, parse_raw_query, raw_votable, select
 from soda_reduce.vo.dali import VOTABLE_MEDIA_TYPE
@@ -69,10 +69,7 @@ class _Rows:
 
     def of(self, pipelines: ArchivePipelines, files: list[RawFile]) -> list[RawRow]:
         if files is not self.files:
-            frames = [
-                make_frame(p.cascade, raw) if (p := pipelines.of(raw)) else Frame(raw, {})
-                for raw in files
-            ]
+            frames = [pipelines.frame(raw) for raw in files]
             self.rows = sorted((raw_row(f) for f in frames), key=lambda r: r.path)
             self.files = files
         return self.rows

@@ -131,7 +131,7 @@ async def index(
     """The archive summary, per pipeline; called by web/app.py, which owns the preview state."""
     every = [f for items in frames.values() for f in items]
     rows = [(_category(f), f) for f in every]
-    rows += [("unclaimed", _unclaimed(raw)) for raw in files if not raw.pipeline]
+    rows += [("unclaimed", pipelines.frame(raw)) for raw in files if not raw.pipeline]
     counts = Counter((f.raw.pipeline or "-", name) for name, f in rows)
     category = request.query.get("category")
     listed = [f for name, f in rows if category is None or name == category]
@@ -168,10 +168,6 @@ async def index(
         files=[_file_row(f) for f in listed[:FILE_LIST_LIMIT]],
         more=max(0, len(listed) - FILE_LIST_LIMIT),
     )
-
-
-def _unclaimed(raw: RawFile) -> Frame:
-    return Frame(raw, {})
 
 
 def _category(frame: Frame) -> str:

@@ -16,7 +16,6 @@ from aiohttp import web
 
 from soda_reduce.reduction.cascade import Param
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame, make_frame
 from soda_reduce.reduction.plan import LEVEL_WORDS
 from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.datalinks import raw_reduction
@@ -44,7 +43,7 @@ async def raw_page(request: web.Request) -> web.Response:
     files = await services.jobs.raw_files()
     # the same view of the file as DataLink's #proc and #calibration rows
     reduction = await asyncio.to_thread(raw_reduction, services.jobs.pipelines, files, raw)
-    frame = make_frame(cascade, raw) if pipeline is not None else Frame(raw, {})
+    frame = services.jobs.pipelines.frame(raw)
     root = root_url(request)
     target = reduction.default_target or ""
     return render(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from soda_reduce.pipelines.kast import cascade as kast
+from soda_reduce.pipelines.plugin import consumed
 from soda_reduce.recipe.contract import InputSpec, Recipe
 from soda_reduce.reduction.tasks import Task
 
@@ -20,7 +21,7 @@ _CALIBS = {
 
 
 def _declare(task: Task, function: str, raw: dict[str, tuple[int, int | None]]) -> Recipe:
-    needed = {c for c, _ in _consumed(task)}
+    needed = {c for c, _ in consumed(task)}  # calibrations this task always gives
     inputs = [InputSpec(c, lo, hi) for c, (lo, hi) in raw.items()]
     inputs += [InputSpec(c, 1 if c in needed else 0, hi) for c, (_, hi) in _CALIBS.items()]
     return Recipe(
@@ -33,12 +34,6 @@ def _declare(task: Task, function: str, raw: dict[str, tuple[int, int | None]]) 
         parameters=task.parameters,
         description=task.description,
     )
-
-
-def _consumed(task: Task) -> list[tuple[str, object]]:
-    from soda_reduce.pipelines.plugin import consumed
-
-    return [(c, u) for c, u in consumed(task) if c.startswith("KAST_")]
 
 
 RECIPES: tuple[Recipe, ...] = (
