@@ -14,15 +14,31 @@ runs in this process, so no two of them share an event loop or a core's queue.
 (a) job status: GET /soda/async/{id} of a PENDING job and of a COMPLETED-looking
     job (plan, steps, results, jobInfo). Goal: service/bare >= 0.5.
 (b) job creation: POST /soda/async with ID=<a raw file of a small demo archive>;
-    bare answers 303 with a Location of the same length. Goal: service/bare >= 0.5.
-(c) API memory with --jobs stored jobs (bulk-inserted in JobStore.create's
-    shape): VmRSS of the API process after the status GETs of (a) and a job
-    list of all of them (GET /soda/async, timed). Goal: < 200 MB.
+    bare answers 303 with a Location of the same length (and the service's session
+    cookie). Goal: service/bare >= 0.5.
+(c) API memory with --jobs stored jobs of one anonymous session (bulk-inserted in
+    JobStore.create's shape): VmRSS of the API process after the status GETs of (a)
+    and the first page of that session's job list (GET /soda/async: the oldest 1,000
+    rows, timed). Goal: < 200 MB.
+(d) API memory under 2,000 concurrent blocking WAITs (GET /soda/async/{id}?WAIT=25
+    of a PENDING job, one connection each): VmRSS once the server holds them all,
+    minus the idle VmRSS just before. Goal: < 50 MB. Every answer must be a 200 within
+    the server's WAIT cap + 2 s.
+(e) job-list latency with --list-jobs (100,000) jobs of one session: GET
+    /soda/async?LAST=100, 20 sequential requests on a warm connection, best and median;
+    must be the newest 100, newest first. Goal: best < 50 ms. Also timed, for
+    information: LAST=100&PHASE=PENDING and the first page without LAST (1,000 rows).
+    Fewer GETs (three at least) once a list has taken --list-budget seconds.
+
+The API runs with every check of docs/limits.md in place (request limits, server
+options, the per-owner quota and the creation-rate limiter) but with quotas too large to
+refuse the bench's own load: the limiter's code still runs on every creation.
 
 Each rate is the best of --rounds rounds (service, bare and bare+store in turn):
 the machine may be shared, and interference only ever lowers a rate.
 
-  .venv/bin/python bench/api_bench.py [--jobs 10000] [--requests N] [--connections C]
+  .venv/bin/python bench/api_bench.py [--jobs 10000] [--list-jobs 100000] [--waits 2000]
+                                      [--requests N] [--connections C]
   .venv/bin/python bench/api_bench.py --profile     # cProfile of the API process per phase
 """
 
@@ -37,8 +53,12 @@ import io
 import json
 import os
 import pstats
+import re
+import resource
+import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,8 +73,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DATABASE = "api_bench"
-GOALS = {"(a)": 0.5, "(b)": 0.5, "(c)": 200.0}  # ratios at least, MB at most
+GOALS = {"(a)": 0.5, "(b)": 0.5, "(c)": 200.0, "(d)": 50.0, "(e)": 50.0}  # ratios, MB, ms
 TICKS = os.sysconf("SC_CLK_TCK")
+UNLIMITED_JOBS = 10**9  # the API's quotas in this bench: never reached, always checked
+UNLIMITED_RATE = 1e12  # job creations a minute
+SESSION_COOKIE = "soda_reduce_session"  # web/sessions.py
 
 
 # -- /proc ----------------------------------------------------------------
@@ -77,6 +100,27 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (its threads included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def sockets(pid: int) -> int:
+    """Open sockets of a process (its accepted connections among them)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def raise_open_files() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard one (2,000 WAITs need 2,000
+    sockets on each side); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
 
 
 # -- servers (subprocesses of this script) --------------------------------
@@ -119,13 +163,20 @@ async def serve_api(args: argparse.Namespace) -> None:
     from soda_reduce.pipelines import get_cascade
     from soda_reduce.runtime.host import open_runtime
     from soda_reduce.runtime.store import Store
-    from soda_reduce.web.app import ServiceState, build_app
+    from soda_reduce.web.app import ServiceState, build_app, server_options
     from soda_reduce.web.context import Services
     from soda_reduce.web.middleware import AuthConfig
 
+    raise_open_files()
     archive = Path(args.archive)
+    # every check on, but quotas the bench's own load never reaches: the per-owner count
+    # and the rate limiter still run on every creation
     settings = Settings(
-        data_dir=Path(args.data_dir), archive_dir=archive, mongo_url=args.mongo_url
+        data_dir=Path(args.data_dir),
+        archive_dir=archive,
+        mongo_url=args.mongo_url,
+        max_active_jobs=UNLIMITED_JOBS,
+        job_rate_per_minute=UNLIMITED_RATE,
     ).with_(database=DATABASE)
     store = Store.connect(args.mongo_url, DATABASE)
     await store.ensure_indexes()
@@ -137,7 +188,7 @@ async def serve_api(args: argparse.Namespace) -> None:
             settings.trusted_header, settings.tokens_file, settings.allow_anonymous
         )
         app = build_app(ServiceState(store, get_cascade("ccd"), str(archive)), services, auth)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, **server_options(settings))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -159,6 +210,7 @@ async def serve_bare(args: argparse.Namespace) -> None:
     bodies = {job_id: base64.b64decode(body) for job_id, body in spec["bodies"].items()}
     content_type = spec["content_type"]
     location_length = spec["location_length"]
+    created_headers = {"Set-Cookie": spec["set_cookie"]} if spec["set_cookie"] else {}
 
     async def get_job(request: web.Request) -> web.Response:
         body = bodies.get(request.match_info["job_id"])
@@ -170,30 +222,33 @@ async def serve_bare(args: argparse.Namespace) -> None:
         await request.read()
         prefix = f"{request.scheme}://{request.host}/soda/async/"
         location = prefix + "x" * (location_length - len(prefix))
-        return web.Response(status=303, headers={"Location": location})
+        return web.Response(status=303, headers={"Location": location, **created_headers})
 
     if args.mongo_url:
         # bare+store: the same calls of the service's store layer, then the same bytes
         from soda_reduce.runtime.jobs import JobStore, utcnow
         from soda_reduce.runtime.store import Store
+        from soda_reduce.vo.job_request import parse_job_request
 
         store = Store.connect(args.mongo_url, DATABASE)
         jobs = JobStore(store)
         bare_get, bare_create = get_job, create_job
 
         async def get_job(request: web.Request) -> web.Response:
-            if await jobs.get(request.match_info["job_id"], None) is None:
+            if await jobs.get(request.match_info["job_id"], None, any_owner=True) is None:
                 raise web.HTTPNotFound()
             return await bare_get(request)
 
         async def create_job(request: web.Request) -> web.Response:
             raw_id = str((await request.post())["ID"])
-            if not await store.raw_files_by_id([raw_id]):  # as JobService.check_ids
+            job_request = parse_job_request([("ID", raw_id)])
+            owner = "anon:" + secrets.token_hex(32)  # a new session, as the service's
+            if not await store.raw_files_by_id([raw_id]):  # as JobService.pipeline_for
                 raise web.HTTPBadRequest()
+            await jobs.count_active(owner, UNLIMITED_JOBS)  # as JobService.create
             await jobs.create(
-                None,
-                [("ID", raw_id)],
-                run_id=None,
+                owner,
+                job_request,
                 execution_duration=4 * 3600,
                 destruction=utcnow() + timedelta(days=7),
             )
@@ -405,7 +460,7 @@ async def completed_looking(store: Any, service: Any, raw_id: str) -> str:
     with the steps, progress and result rows a worker writes."""
     from soda_reduce.runtime.jobs import utcnow
 
-    job = await service.create(None, [("ID", raw_id)])
+    job = await service.create(None, await service.parse([("ID", raw_id)]))
     job = await service.run(job)
     assert job.plan is not None, job.error
     plan = job.plan
@@ -461,21 +516,31 @@ async def completed_looking(store: Any, service: Any, raw_id: str) -> str:
     return job.job_id
 
 
-async def insert_jobs(store: Any, n: int, raw_id: str) -> float:
-    """``n`` PENDING jobs in the shape JobStore.create writes, by insert_many; seconds."""
+async def insert_jobs(
+    store: Any, n: int, raw_id: str, owner: str | None
+) -> tuple[float, list[str]]:
+    """``n`` PENDING jobs of ``owner`` in the shape JobStore.create writes (one typed
+    request, parsed once), by insert_many; the seconds taken and the job IDs, oldest first
+    (one second apart, the newest a second ago)."""
     from soda_reduce.runtime.jobs import new_job_id, utcnow
+    from soda_reduce.vo.job_request import parse_job_request
 
+    request = parse_job_request([("ID", raw_id)])
+    request_doc = request.to_doc()
+    parameters = [list(p) for p in request.parameters()]
     start = time.perf_counter()
     now = utcnow()
+    ids: list[str] = []
     for first in range(0, n, 1000):
         docs = [
             {
                 "job_id": new_job_id(),
-                "owner": None,
-                "run_id": None,
+                "owner": owner,
+                "run_id": request.run_id,
                 "phase": "PENDING",
                 "creation_time": now - timedelta(seconds=n - i),
-                "parameters": [["ID", raw_id]],
+                "request": request_doc,
+                "parameters": parameters,
                 "execution_duration": 4 * 3600,
                 "destruction": now + timedelta(days=7),
                 "published": False,
@@ -483,8 +548,13 @@ async def insert_jobs(store: Any, n: int, raw_id: str) -> float:
             }
             for i in range(first, min(n, first + 1000))
         ]
+        ids += [doc["job_id"] for doc in docs]
         await store.jobs.insert_many(docs, ordered=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, ids
+
+
+def jobref_ids(listing: bytes) -> list[str]:
+    return [m.decode() for m in re.findall(rb'<uws:jobref id="([^"]+)"', listing)]
 
 
 # -- the run --------------------------------------------------------------
@@ -512,6 +582,119 @@ class Figure:
         return self.service.rate / self.bare.rate
 
 
+async def hold_waits(
+    server: Server,
+    store_pid: int,
+    job_id: str,
+    n: int,
+    wait_s: int,
+    cap: float,
+    profile: Path | None,
+) -> dict[str, Any]:
+    """(d): ``n`` connections, each with one blocking GET ?WAIT=wait_s of a PENDING job.
+
+    The API's VmRSS is read once it holds them all: every connection accepted, 2 s since
+    the last request was written, the burst of first reads over (API CPU under half a
+    core), none answered. Then the answers are awaited, the RSS sampled and the CPU of
+    the API and of the store measured while the WAITs are parked, and the answers checked.
+    """
+    loop = asyncio.get_running_loop()
+    request = http_request("GET", server.port, f"/soda/async/{job_id}?WAIT={wait_s}")
+    idle = rss_mb(server.pid)
+    sockets_before = sockets(server.pid)
+    if profile is not None:
+        os.kill(server.pid, signal.SIGUSR1)
+    run = _Run(request, n, n)
+    transports = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        transport, _ = await loop.create_connection(
+            lambda: _Connection(run), "127.0.0.1", server.port
+        )
+        transports.append(transport)
+    written = time.perf_counter() - t0
+    cpu = cpu_seconds(server.pid)
+    accepted = 0
+    # the first answers are due wait_s after the first request: read well before that
+    while time.perf_counter() - t0 < wait_s - 3:
+        await asyncio.sleep(0.5)
+        now = cpu_seconds(server.pid)
+        accepted = sockets(server.pid) - sockets_before
+        calm = now - cpu < 0.25  # under half a core over the last 0.5 s
+        cpu = now
+        if accepted >= n and calm and time.perf_counter() - t0 > written + 2:
+            break
+    settled = time.perf_counter() - t0
+    blocked = rss_mb(server.pid)
+    # answered, or closed without an answer, by now (an answered connection closes too)
+    early = max(sum(run.statuses.values()), n - run.open)
+    peak = blocked
+    parked = (time.perf_counter(), cpu_seconds(server.pid), cpu_seconds(store_pid))
+    parked_cpu = (0.0, 0.0)
+    while not run.finished.done() and time.perf_counter() - t0 < written + cap + 15:
+        await asyncio.wait({run.finished}, timeout=0.5)
+        peak = max(peak, rss_mb(server.pid))
+        if not run.latencies:  # still all parked
+            seconds = time.perf_counter() - parked[0]
+            parked_cpu = (
+                (cpu_seconds(server.pid) - parked[1]) / seconds,
+                (cpu_seconds(store_pid) - parked[2]) / seconds,
+            )
+    for transport in transports:  # whatever did not answer in time
+        transport.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(run.finished, 5)
+    if profile is not None:
+        os.kill(server.pid, signal.SIGUSR2)
+    answered = sum(run.statuses.values())
+    return {
+        "n": n,
+        "wait_s": wait_s,
+        "cap": cap,
+        "idle": idle,
+        "blocked": blocked,
+        "above_idle": blocked - idle,
+        "per_wait_kb": (blocked - idle) * 1024 / n,
+        "peak": peak,
+        "after": rss_mb(server.pid),
+        "written_s": written,
+        "settled_s": settled,
+        "accepted": accepted,
+        "early": early,
+        "parked_cpu": parked_cpu,
+        "statuses": dict(run.statuses),
+        "answered": answered,
+        "ok": run.statuses[200],
+        "errors": run.errors,
+        "max_s": max(run.latencies, default=float("nan")),
+        "min_s": min(run.latencies, default=float("nan")),
+    }
+
+
+async def time_list(
+    session: Any, url: str, expected: list[str], requests: int, budget: float = 0.0
+) -> tuple[list[float], int]:
+    """``requests`` sequential GETs of a job list after one warm-up, each checked against
+    the job IDs expected in that order; the seconds of each and the size of the answer.
+    With a ``budget`` (seconds), fewer once it is spent (three at least)."""
+    timings: list[float] = []
+    size = 0
+    started = time.perf_counter()
+    for i in range(requests + 1):
+        if budget and len(timings) >= 3 and time.perf_counter() - started > budget:
+            break
+        t0 = time.perf_counter()
+        async with session.get(url) as response:
+            listing = await response.read()
+        if i:
+            timings.append(time.perf_counter() - t0)
+        assert response.status == 200, listing[:500]
+        ids = jobref_ids(listing)
+        assert ids == expected, f"{url}: {len(ids)} jobrefs, not the {len(expected)} expected"
+        size = len(listing)
+    return timings, size
+
+
 async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]:
     import aiohttp
 
@@ -520,8 +703,10 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
     from soda_reduce.runtime.host import open_runtime
     from soda_reduce.runtime.indexer import index_archive
     from soda_reduce.runtime.store import EmbeddedMongo, Store
+    from soda_reduce.web.sessions import new_token, session_owner
     from tests.support.uws_harness import pick_ids
 
+    raise_open_files()
     memory: dict[str, Any] = {"load_before": loadavg()}
     work = Path(tempfile.mkdtemp(prefix="api_bench_"))
     archive = work / "archive"
@@ -530,6 +715,8 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
     profiles: list[tuple[str, Path]] = []
     started = time.perf_counter()
     mongo = EmbeddedMongo(work / "mongo")
+    # the jobs of (c) and of (e) belong to two anonymous sessions: a list shows the caller's
+    list_token, many_token = new_token(), new_token()
     try:
         generate_demo_archive(archive, nights=3, science_per_night=2, size=64)
         await mongo.start()
@@ -539,9 +726,11 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
         report = await index_archive(store, archive, settings.authority, checksum_mode="fast")
         raw_id, _ = await pick_ids(store)
         async with open_runtime(settings, store, archive, worker=False, sweeper=False) as rt:
-            pending_id = (await rt.service.create(None, [("ID", raw_id)])).job_id
+            request = await rt.service.parse([("ID", raw_id)])
+            pending_id = (await rt.service.create(None, request)).job_id
+            waited_id = (await rt.service.create(None, request)).job_id
             completed_id = await completed_looking(store, rt.service, raw_id)
-        seconds = await insert_jobs(store, args.jobs, raw_id)
+        seconds, listed_ids = await insert_jobs(store, args.jobs, raw_id, session_owner(list_token))
         await store.close()
         print(
             f"demo archive: {report.summary()}\n  ID={raw_id}\n"
@@ -559,6 +748,18 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
         servers.append(api)
         memory["idle"] = rss_mb(api.pid)
 
+        def profiled(name: str) -> contextlib.AbstractContextManager[None]:
+            @contextlib.contextmanager
+            def span():
+                if args.profile:
+                    os.kill(api.pid, signal.SIGUSR1)
+                yield
+                if args.profile:
+                    os.kill(api.pid, signal.SIGUSR2)
+                    profiles.append((name, work / f"api-{len(profiles) + 1}.prof"))
+
+            return span()
+
         # the service's own answers become the bare servers' bytes
         base = f"http://127.0.0.1:{api.port}"
         bodies = {}
@@ -573,10 +774,16 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
             ) as response:
                 assert response.status == 303, await response.text()
                 location = response.headers["Location"]
+                set_cookie = response.headers.get("Set-Cookie")
         spec = work / "bare.json"
         spec.write_text(
             json.dumps(
-                {"bodies": bodies, "content_type": content_type, "location_length": len(location)}
+                {
+                    "bodies": bodies,
+                    "content_type": content_type,
+                    "location_length": len(location),
+                    "set_cookie": set_cookie,
+                }
             )
         )
         bare = Server.start("bare", "--spec", str(spec))
@@ -593,13 +800,11 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
         async def measure(name: str, server: Server, request: bytes, expected: int) -> Load:
             store_pid = mongo.pid if server is not bare else None
             await load(server, request, max(200, args.requests // 10), args.connections)
-            profiled = args.profile and server is api
-            if profiled:
-                os.kill(api.pid, signal.SIGUSR1)
-            result = await load(server, request, args.requests, args.connections, store_pid)
-            if profiled:
-                os.kill(api.pid, signal.SIGUSR2)
-                profiles.append((name, work / f"api-{len(profiles) + 1}.prof"))
+            if server is api:
+                with profiled(name):
+                    result = await load(server, request, args.requests, args.connections, store_pid)
+            else:
+                result = await load(server, request, args.requests, args.connections, store_pid)
             print(describe(name, result, expected))
             return result
 
@@ -622,36 +827,83 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
             figure = await compare(f"GET {label}", "GET", f"/soda/async/{job_id}", b"", 200)
             assert figure.service.sizes == figure.bare.sizes == {sizes[job_id]}
 
-        print("(c) GET /soda/async (every job)")
-        timings = []
-        if args.profile:
-            os.kill(api.pid, signal.SIGUSR1)
-        async with aiohttp.ClientSession() as session:
-            for _ in range(3):
-                t0 = time.perf_counter()
-                async with session.get(f"{base}/soda/async") as response:
-                    listing = await response.read()
-                timings.append(time.perf_counter() - t0)
-                assert response.status == 200, listing[:500]
-        if args.profile:
-            os.kill(api.pid, signal.SIGUSR2)
-            profiles.append(("job list x3", work / f"api-{len(profiles) + 1}.prof"))
+        print(f"(c) GET /soda/async: the first page of a session's {args.jobs} jobs")
+        cookie = {"Cookie": f"{SESSION_COOKIE}={list_token}"}
+        first_page = listed_ids[:1000]
+        async with aiohttp.ClientSession(headers=cookie) as session:
+            with profiled("job list, first page x3"):
+                timings, size = await time_list(session, f"{base}/soda/async", first_page, 3)
         memory.update(
-            listed=listing.count(b"<uws:jobref "),
-            list_bytes=len(listing),
-            list_s=timings,
-            after_list=rss_mb(api.pid),
+            listed=len(first_page), list_bytes=size, list_s=timings, after_list=rss_mb(api.pid)
         )
         print(
-            f"  {memory['listed']} jobrefs, {len(listing) / 1e6:.1f} MB, in "
-            + ", ".join(f"{t:.2f}" for t in timings)
-            + f" s; API RSS {memory['after_list']:.0f} MB"
+            f"  {memory['listed']} jobrefs, {size / 1e3:.0f} kB, in "
+            + ", ".join(f"{t * 1000:.0f}" for t in timings)
+            + f" ms; API RSS {memory['after_list']:.0f} MB"
         )
 
         print("(b) POST /soda/async ID=<raw file>")
         await compare("POST create", "POST", "/soda/async", f"ID={raw_id}".encode(), 303)
         memory["after_create"] = rss_mb(api.pid)
         memory["peak"] = rss_mb(api.pid, "VmHWM")
+
+        print(
+            f"(d) {args.waits} concurrent GET /soda/async/{{id}}?WAIT={args.wait} of a PENDING job"
+        )
+        profile_d = work / f"api-{len(profiles) + 1}.prof" if args.profile else None
+        waits = await hold_waits(
+            api, mongo.pid, waited_id, args.waits, args.wait, settings.wait_cap_s, profile_d
+        )
+        if profile_d is not None:
+            profiles.append((f"{args.waits} WAITs", profile_d))
+        memory["waits"] = waits
+        print(
+            f"  {waits['n']} requests written in {waits['written_s']:.1f} s, "
+            f"{waits['accepted']} connections accepted, settled at {waits['settled_s']:.1f} s, "
+            f"{waits['early']} answered by then; API RSS {waits['idle']:.0f} MB idle, "
+            f"{waits['blocked']:.0f} MB blocked (+{waits['above_idle']:.1f} MB, "
+            f"{waits['per_wait_kb']:.1f} kB per WAIT), {waits['peak']:.0f} MB peak, "
+            f"{waits['after']:.0f} MB after; while parked: API CPU "
+            f"{waits['parked_cpu'][0]:.0%}, store CPU {waits['parked_cpu'][1]:.0%}\n"
+            f"  answers: {waits['statuses']}, {waits['errors']} connection errors; "
+            f"{waits['min_s']:.1f} to {waits['max_s']:.1f} s"
+        )
+
+        print(f"(e) GET /soda/async?LAST=100 with {args.list_jobs} jobs of one session")
+        store = Store.connect(mongo.url, DATABASE)
+        seconds, many_ids = await insert_jobs(
+            store, args.list_jobs, raw_id, session_owner(many_token)
+        )
+        await store.close()
+        newest = many_ids[::-1][:100]
+        lists: dict[str, tuple[list[float], int]] = {}
+        cookie = {"Cookie": f"{SESSION_COOKIE}={many_token}"}
+        connector = aiohttp.TCPConnector(limit=1)  # one warm keep-alive connection
+        async with aiohttp.ClientSession(headers=cookie, connector=connector) as session:
+            budget = args.list_budget
+            with profiled(f"LAST=100 of {args.list_jobs}"):
+                lists["LAST=100"] = await time_list(
+                    session, f"{base}/soda/async?LAST=100", newest, args.list_requests, budget
+                )
+            lists["LAST=100&PHASE=PENDING"] = await time_list(
+                session,
+                f"{base}/soda/async?LAST=100&PHASE=PENDING",
+                newest,
+                args.list_requests,
+                budget,
+            )
+            lists["first page (no LAST)"] = await time_list(
+                session, f"{base}/soda/async", many_ids[:1000], args.list_requests, budget
+            )
+        memory["lists"] = lists
+        memory["list_insert_s"] = seconds
+        memory["after_lists"] = rss_mb(api.pid)
+        print(f"  inserted {args.list_jobs} jobs in {seconds:.1f} s")
+        for name, (timings, size) in lists.items():
+            print(
+                f"  {name:<24} {size / 1e3:5.0f} kB  best {min(timings) * 1000:6.1f} ms  "
+                f"median {statistics.median(timings) * 1000:6.1f} ms  ({len(timings)} GETs)"
+            )
     finally:
         for server in servers:
             server.stop()
@@ -669,34 +921,71 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
     return figures, memory
 
 
-def print_summary(figures: Sequence[Figure], memory: dict[str, Any], jobs: int) -> None:
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def print_summary(figures: Sequence[Figure], memory: dict[str, Any], args: argparse.Namespace):
     print(
-        f"\n{'req/s':<20}{'service':>9}{'bare':>9}{'bare+store':>12}"
+        f"\n{'req/s':<26}{'service':>9}{'bare':>9}{'bare+store':>12}"
         f"{'service/bare':>14}  {'goal':<8}{'verdict':<9}{'service/(bare+store)':>20}"
     )
     for f in figures:
-        goal = GOALS["(b)" if f.name.startswith("POST") else "(a)"]
         tag = "(b)" if f.name.startswith("POST") else "(a)"
+        goal = GOALS[tag]
         print(
-            f"{tag + ' ' + f.name:<20}{f.service.rate:>9.0f}{f.bare.rate:>9.0f}"
+            f"{tag + ' ' + f.name:<26}{f.service.rate:>9.0f}{f.bare.rate:>9.0f}"
             f"{f.floor.rate:>12.0f}{f.ratio:>14.3f}  {'>= ' + str(goal):<8}"
-            f"{'PASS' if f.ratio >= goal else 'MISS':<9}{f.service.rate / f.floor.rate:>20.2f}"
+            f"{_verdict(f.ratio >= goal):<9}{f.service.rate / f.floor.rate:>20.2f}"
         )
-    goal = GOALS["(c)"]
+
+    def row(label: str, value: str, goal: str, ok: bool) -> None:
+        print(f"{label:<26}{value:>9}{'':>35}  {goal:<8}{_verdict(ok):<9}")
+
     rss = memory["after_list"]
-    print(
-        f"{'(c) API RSS, MB':<20}{rss:>9.0f}{'':>35}  {'< ' + str(int(goal)):<8}"
-        f"{'PASS' if rss < goal else 'MISS':<9}"
-    )
-    print(
-        f"    {jobs} stored jobs; RSS idle {memory['idle']:.0f} MB, after the list "
-        f"{rss:.0f} MB, after (b) {memory['after_create']:.0f} MB, peak {memory['peak']:.0f} MB"
-    )
+    row("(c) API RSS, MB", f"{rss:.0f}", f"< {GOALS['(c)']:.0f}", rss < GOALS["(c)"])
     timings = memory["list_s"]
     print(
-        f"    GET /soda/async: {memory['listed']} jobrefs, {memory['list_bytes'] / 1e6:.1f} MB, "
-        f"first {timings[0]:.2f} s, best {min(timings):.2f} s"
+        f"    {args.jobs} stored jobs of one session; RSS idle {memory['idle']:.0f} MB, after "
+        f"the list {rss:.0f} MB, after (b) {memory['after_create']:.0f} MB, peak "
+        f"{memory['peak']:.0f} MB; first page: {memory['listed']} jobrefs, "
+        f"{memory['list_bytes'] / 1e3:.0f} kB, best {min(timings) * 1000:.0f} ms"
     )
+    w = memory["waits"]
+    row(
+        f"(d) RSS, {w['n']} WAITs, MB",
+        f"+{w['above_idle']:.1f}",
+        f"< {GOALS['(d)']:.0f}",
+        w["above_idle"] < GOALS["(d)"] and w["early"] == 0,
+    )
+    limit = w["cap"] + 2
+    row(
+        "(d) WAIT answers, max s",
+        f"{w['max_s']:.1f}",
+        f"<= {limit:.0f}",
+        w["ok"] == w["n"] and w["max_s"] <= limit,
+    )
+    print(
+        f"    idle {w['idle']:.0f} MB, blocked {w['blocked']:.0f} MB ({w['per_wait_kb']:.1f} kB "
+        f"per WAIT), peak while waiting {w['peak']:.0f} MB, after {w['after']:.0f} MB; "
+        f"{w['early']} answered before the reading\n"
+        f"    CPU while parked: API {w['parked_cpu'][0]:.0%}, store {w['parked_cpu'][1]:.0%}; "
+        f"WAIT={w['wait_s']} (cap {w['cap']:.0f} s): "
+        f"{w['ok']}/{w['n']} answered 200 in {w['min_s']:.1f}-{w['max_s']:.1f} s"
+        + (f", statuses {w['statuses']}, {w['errors']} errors" if w["ok"] != w["n"] else "")
+    )
+    lists = memory["lists"]
+    best = min(lists["LAST=100"][0]) * 1000
+    row("(e) LAST=100, best ms", f"{best:.1f}", f"< {GOALS['(e)']:.0f}", best < GOALS["(e)"])
+    print(
+        f"    {args.list_jobs} jobs of one session (inserted in {memory['list_insert_s']:.0f} s); "
+        f"sequential GETs on one warm connection, best / median ms:"
+    )
+    for name, (timings, size) in lists.items():
+        print(
+            f"      {name:<24}{min(timings) * 1000:8.1f} /{statistics.median(timings) * 1000:8.1f}"
+            f"   {size / 1e3:.0f} kB, {len(timings)} GETs"
+        )
     print(
         f"wall {memory['wall']:.0f} s on {os.cpu_count()} cores; load average (1 min) "
         f"{memory['load_before']:.1f} before, {memory['load_after']:.1f} after"
@@ -709,6 +998,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4000, help="requests per figure")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per figure; best counts")
+    parser.add_argument("--waits", type=int, default=2000, help="concurrent WAITs for (d)")
+    parser.add_argument("--wait", type=int, default=25, help="WAIT= of (d), seconds")
+    parser.add_argument("--list-jobs", type=int, default=100_000, help="stored jobs for (e)")
+    parser.add_argument("--list-requests", type=int, default=20, help="GETs per list of (e)")
+    parser.add_argument(
+        "--list-budget", type=float, default=30.0, help="seconds per list of (e); 0: no limit"
+    )
     parser.add_argument("--sweeper", action="store_true", help="run the sweeper in the API")
     parser.add_argument("--profile", action="store_true", help="cProfile the API per phase")
     parser.add_argument("--profile-lines", type=int, default=25)
@@ -728,7 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve_bare(args))
         return 0
     figures, memory = asyncio.run(bench(args))
-    print_summary(figures, memory, args.jobs)
+    print_summary(figures, memory, args)
     return 0
 
 

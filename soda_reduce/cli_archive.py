@@ -106,6 +106,7 @@ def cmd_index(settings: Settings, args: argparse.Namespace, progress: Any) -> in
                 "updated": report.updated,
                 "removed": report.removed,
                 "unchanged": report.unchanged,
+                "outside": [{"path": p, "problem": why} for p, why in report.outside],
             },
             "pipelines": {
                 name: {"claimed": c.claimed, "classified": c.classified, "types": dict(c.types)}
@@ -135,6 +136,8 @@ def _print_index(rows: list[dict[str, Any]], summary: Any, report: Any) -> None:
             if row["note"]:
                 note += f"  NOTE: {row['note']}"
         print(f"{row['id']:<{width}}  {status}{note}")
+    for path, why in report.outside:  # links leaving the archive: reported, never indexed
+        print(f"{path:<{width}}  -  PROBLEM: {why}")
     print()
     for line in summary.lines():
         if not line.startswith("  "):

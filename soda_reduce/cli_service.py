@@ -4,14 +4,24 @@
 the embedded store and an in-process queue, a demo archive generated on first
 start when no archive is given. ``api`` and ``worker`` are the production
 shapes (MongoDB + RabbitMQ + local or Kubernetes executor), same code paths.
+
+The embedded store is supervised (restarted when it dies, `runtime.store.supervision`);
+if its supervision gives up, the command exits with status 1. SIGTERM or SIGINT stops
+the command within `SHUTDOWN_S`, whatever is stuck: open WAITs are answered at once,
+requests in flight get `HTTP_SHUTDOWN_S`, and a watchdog ends the process if the clean
+shutdown overruns; a second signal ends it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -19,8 +29,8 @@ from aiohttp import web
 from soda_reduce.config import Settings
 from soda_reduce.runtime.host import open_runtime
 from soda_reduce.runtime.indexer import index_with_claims
-from soda_reduce.runtime.store import Store, open_store
-from soda_reduce.web.app import ServiceState, build_app
+from soda_reduce.runtime.store import Store, StoreHealth, open_store
+from soda_reduce.web.app import ServiceState, build_app, server_options
 from soda_reduce.web.context import Services
 from soda_reduce.web.middleware import AuthConfig
 
@@ -46,12 +56,78 @@ async def _index(store: Store, settings: Settings, archive: Path) -> None:
     print(f"archive {archive}: {report.summary()}", flush=True)
 
 
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+log = logging.getLogger(__name__)
+
+SHUTDOWN_S = 8.0  # signal to exit, at most (orchestrators' grace periods start at 10 s)
+HTTP_SHUTDOWN_S = 3.0  # requests in flight when the signal came are given this long
+STORE_KILL_GRACE_S = 0.3  # on overrun, the store's SIGTERM before its SIGKILL
+
+
+class Shutdown:
+    """The first SIGINT/SIGTERM asks for a clean shutdown and starts a watchdog; a second
+    signal, or the watchdog after ``deadline_s``, ends the process at once.
+
+    The watchdog is a thread, so a blocked event loop cannot hold it up. Recipes get
+    SIGTERM when the process dies (runtime.process); so does the embedded store, but a
+    hung one (stopped, deadlocked) ignores it (docs/store.md): it is killed first.
+    """
+
+    def __init__(self, deadline_s: float = SHUTDOWN_S) -> None:
+        self.deadline_s = deadline_s
+        self.requested = asyncio.Event()
+        self.health: StoreHealth | None = None  # whose embedded server to kill on overrun
+        self._timer: threading.Timer | None = None
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._signalled, sig)
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        if self.requested.is_set():
+            self._exit_now(f"second {sig.name}")
+        log.info("%s: stopping (at most %.0f s)", sig.name, self.deadline_s)
+        self.begin()
+
+    def begin(self) -> None:
+        """Shut down now, within the deadline."""
+        if self._timer is None:
+            why = f"shutdown took longer than {self.deadline_s:.0f} s"
+            self._timer = threading.Timer(self.deadline_s, self._exit_now, (why,))
+            self._timer.daemon = True
+            self._timer.start()
+        self.requested.set()
+
+    def done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _exit_now(self, why: str) -> None:
+        print(f"soda-reduce: {why}: exiting now", file=sys.stderr, flush=True)
+        pid = self.health.pid if self.health is not None else None
+        if pid is not None:
+            with contextlib.suppress(OSError):  # it exited: it stays a zombie, its pid ours
+                os.kill(pid, signal.SIGCONT)  # a stopped store would lose the SIGTERM
+                os.kill(pid, signal.SIGTERM)
+                time.sleep(STORE_KILL_GRACE_S)
+                os.kill(pid, signal.SIGKILL)
+        os._exit(1)
+
+    async def wait(self, health: StoreHealth) -> int:
+        """Until a signal (exit status 0) or the store's supervision gave up (1)."""
+        self.health = health
+        signalled = asyncio.create_task(self.requested.wait())
+        lost = asyncio.create_task(health.lost.wait())
+        try:
+            await asyncio.wait({signalled, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signalled.cancel()
+            lost.cancel()
+        if self.requested.is_set():
+            return 0
+        log.error("stopping: %s", health.note)
+        self.begin()
+        return 1
 
 
 async def run_service(
@@ -63,46 +139,52 @@ async def run_service(
     api: bool,
     worker: bool,
     generate_demo: bool,
-) -> None:
+) -> int:
+    """Run until a signal; the exit status (1: the embedded store could not be kept up)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     archive = await _archive(settings, generate_demo)
-    async with open_store(settings) as store:
-        if api:
-            await _index(store, settings, archive)
-        async with open_runtime(
-            settings, store, archive, pipeline=pipeline, worker=worker, sweeper=api
-        ) as runtime:
-            if not api:
-                print(f"soda-reduce worker {runtime.worker.worker_id} consuming", flush=True)
-                await _until_signal()
-                return
-            services = Services.from_runtime(runtime, archive, pipeline)
-            auth = AuthConfig.load(
-                settings.trusted_header, settings.tokens_file, settings.allow_anonymous
-            )
-            app = build_app(
-                ServiceState(store, runtime.service.pipelines, str(archive)), services, auth
-            )
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            what = "API + worker" if worker else "API"
-            print(
-                f"soda-reduce ({what}) serving on http://{host}:{port}/  "
-                f"jobs: http://{host}:{port}/soda/async  (Ctrl-C to stop)",
-                flush=True,
-            )
-            try:
-                await _until_signal()
-            finally:
-                services.stop_waits()  # answer blocked WAITs now: shutdown stays short
-                await runner.cleanup()
+    shutdown = Shutdown()
+    try:
+        async with open_store(settings, supervise=True) as store:
+            if api:
+                await _index(store, settings, archive)
+            async with open_runtime(
+                settings, store, archive, pipeline=pipeline, worker=worker, sweeper=api
+            ) as runtime:
+                shutdown.install()
+                if not api:
+                    print(f"soda-reduce worker {runtime.worker.worker_id} consuming", flush=True)
+                    return await shutdown.wait(store.health)
+                services = Services.from_runtime(runtime, archive, pipeline)
+                auth = AuthConfig.load(
+                    settings.trusted_header, settings.tokens_file, settings.allow_anonymous
+                )
+                app = build_app(
+                    ServiceState(store, runtime.service.pipelines, str(archive)), services, auth
+                )
+                options = {"shutdown_timeout": HTTP_SHUTDOWN_S, **server_options(settings)}
+                runner = web.AppRunner(app, access_log=None, **options)
+                await runner.setup()
+                site = web.TCPSite(runner, host, port)
+                await site.start()
+                what = "API + worker" if worker else "API"
+                print(
+                    f"soda-reduce ({what}) serving on http://{host}:{port}/  "
+                    f"jobs: http://{host}:{port}/soda/async  (Ctrl-C to stop)",
+                    flush=True,
+                )
+                try:
+                    return await shutdown.wait(store.health)
+                finally:
+                    services.stop_waits()  # answer blocked WAITs now: shutdown stays short
+                    await runner.cleanup()
+    finally:
+        shutdown.done()
 
 
 def main(settings: Settings, args, *, api: bool, worker: bool, generate_demo: bool) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(
+    return asyncio.run(
         run_service(
             settings,
             host=getattr(args, "host", "127.0.0.1"),
@@ -113,4 +195,3 @@ def main(settings: Settings, args, *, api: bool, worker: bool, generate_demo: bo
             generate_demo=generate_demo,
         )
     )
-    return 0

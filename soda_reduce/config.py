@@ -32,6 +32,7 @@ class Settings:
     archive_dir: Path | None = None
     mongo_url: str | None = None
     database: str = "soda_reduce"
+    store_timeout_s: float = 2.0  # a store call waits this long for an unreachable store (503)
     authority: str = DEFAULT_AUTHORITY
     checksum_mode: str = "full"
     # queue and execution: no AMQP URL means the in-process queue (embedded mode)
@@ -56,6 +57,11 @@ class Settings:
     max_destruction_days: float = 30.0
     step_cache_bytes: int = 20 * 1024**3  # unreferenced steps are collected beyond this
     sweep_s: float = 5.0
+    # a QUEUED job no worker took this long after its message was sent is published again
+    # (the message may be lost): about twice the longest wait a busy queue normally has
+    queued_lost_after_s: float = 600.0
+    max_cutouts: int = 1000  # SODA cutouts one job may make (at most 10,000)
+    max_job_bytes: int = 2 * 1024**3  # bytes of cutouts one job may write
     status_cache_s: float = 1.0  # job documents served from memory until changed (0: off)
     # VOSI and the registry record (docs/operators.md)
     title: str = "soda-reduce: on-demand reduction of archival data"
@@ -64,6 +70,14 @@ class Settings:
     contact_email: str | None = None
     registry_template: Path | None = None  # default: vo_schemas/voresource-template.xml
     min_free_bytes: int = 1024**3  # /availability fails below this free on the product store
+    # limits of what one caller may ask (docs/operators.md, "Limits")
+    max_request_bytes: int = 256 * 1024  # a request body (413 beyond)
+    max_active_jobs: int = 100  # jobs not yet final, per owner or anonymous session
+    job_rate_per_minute: float = 60.0  # job creations per caller (0: no limit)
+    job_rate_burst: int = 30
+    max_cutout_combinations: int = 100  # SODA filter combinations times IDs, per job
+    idle_timeout_s: float = 15.0  # a connection without a whole request is closed after this
+    body_timeout_s: float = 30.0  # a request body must arrive within this
 
     @property
     def products_root(self) -> Path:
@@ -87,6 +101,7 @@ class Settings:
             archive_dir=Path(archive).resolve() if archive else None,
             mongo_url=_env("MONGO_URL"),
             database=_env("DATABASE", "soda_reduce") or "soda_reduce",
+            store_timeout_s=float(_env("STORE_TIMEOUT_S", "2") or 2),
             authority=_env("AUTHORITY", DEFAULT_AUTHORITY) or DEFAULT_AUTHORITY,
             checksum_mode=_env("CHECKSUM", "full") or "full",
             amqp_url=_env("AMQP_URL"),
@@ -110,6 +125,9 @@ class Settings:
             max_destruction_days=float(_env("MAX_DESTRUCTION_DAYS", "30") or 30),
             step_cache_bytes=int(_env("STEP_CACHE_BYTES", str(20 * 1024**3)) or 0),
             sweep_s=float(_env("SWEEP_S", "5") or 5),
+            queued_lost_after_s=float(_env("QUEUED_LOST_AFTER_S", "600") or 600),
+            max_cutouts=int(_env("MAX_CUTOUTS", "1000") or 1000),
+            max_job_bytes=int(_env("MAX_JOB_BYTES", str(2 * 1024**3)) or 2 * 1024**3),
             status_cache_s=float(_env("STATUS_CACHE_S", "1") or 0),
             title=_env("TITLE", Settings.title) or Settings.title,
             publisher=_env("PUBLISHER"),
@@ -117,6 +135,13 @@ class Settings:
             contact_email=_env("CONTACT_EMAIL"),
             registry_template=_path(_env("REGISTRY_TEMPLATE")),
             min_free_bytes=int(_env("MIN_FREE_BYTES", str(1024**3)) or 0),
+            max_request_bytes=int(_env("MAX_REQUEST_BYTES", str(256 * 1024)) or 256 * 1024),
+            max_active_jobs=int(_env("MAX_ACTIVE_JOBS", "100") or 100),
+            job_rate_per_minute=float(_env("JOB_RATE_PER_MINUTE", "60") or 0),
+            job_rate_burst=int(_env("JOB_RATE_BURST", "30") or 30),
+            max_cutout_combinations=int(_env("MAX_CUTOUT_COMBINATIONS", "100") or 100),
+            idle_timeout_s=float(_env("IDLE_TIMEOUT_S", "15") or 15),
+            body_timeout_s=float(_env("BODY_TIMEOUT_S", "30") or 30),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from soda_reduce.runtime.public_text import PublicText
 from soda_reduce.runtime.store import Store
 from soda_reduce.web.bundles import plan_raw_inputs
 from soda_reduce.web.middleware import AuthConfig
@@ -112,7 +113,9 @@ async def test_three_bundles_hold_the_right_files_byte_for_byte(
     for name in logs:
         key_prefix = name.split("/")[2].rsplit("-", 1)[1]
         key = next(k for k in keys if k.startswith(key_prefix))
-        assert everything.read(name) == (products.step_dir(key) / "recipe.log").read_bytes()
+        log = (products.step_dir(key) / "recipe.log").read_bytes()  # redacted in the bundle
+        public = PublicText.of(archive=svc.archive, products=products.root, data=tmp_path)
+        assert everything.read(name) == public.bytes(log) and b"$PRODUCTS/" in public.bytes(log)
     assert sum(1 for k in kinds.values() if k == "manifest") == len(keys)
     assert any(n.endswith(".png") for n in everything.namelist())
     assert sum(1 for k in kinds.values() if k == "raw") == len(raw_inputs)

@@ -80,7 +80,7 @@ async def svc(
             job_id = await h.create({"ID": h.complete_id, "PHASE": "RUN"})
             doc = await h.wait_final(job_id)
             assert doc.findtext("{*}phase") == "COMPLETED", etree.tostring(doc).decode()
-            record = await h.runtime.service.get(job_id, None)
+            record = await h.runtime.service.jobs.get(job_id, any_owner=True)
             row = next(r for r in record.results if r["category"] == "REDUCED_SCIENCE")
             pid = f"ivo://{AUTHORITY}/product?{row['step_key']}/{row['file']}"
             yield Service(h, h.complete_id, pid, row)

@@ -31,6 +31,7 @@ from soda_reduce.runtime.store import Store
 from soda_reduce.runtime.worker import Worker, WorkerConfig
 from soda_reduce.web.app import ServiceState, build_app
 from soda_reduce.web.middleware import AuthConfig
+from soda_reduce.web.sessions import COOKIE
 from tests.support.uws_harness import Harness, uws_service
 
 T = TypeVar("T")
@@ -374,7 +375,7 @@ async def test_browser_reduces_a_raw_file_and_follows_the_job(
             _wait, driver, lambda d: re.search(r"/jobs/\w+$", d.current_url), 30, "job page"
         )
         job_id = driver.current_url.rsplit("/", 1)[1]
-        job = await svc.runtime.service.get(job_id, None)
+        job = await svc.runtime.service.jobs.get(job_id, any_owner=True)  # the browser's session's
         assert job.run_id == "browser run"
         assert ("science.cosmic_rays", "false") in job.parameters
         # no worker yet: the job waits in the queue, nothing done
@@ -439,6 +440,9 @@ async def test_browser_reduces_a_raw_file_and_follows_the_job(
             await _in_thread(driver.get, base + "/jobs")
             row = driver.find_element(By.CSS_SELECTOR, f'a[href="/jobs/{job_id}"]')
             assert row.text == job_id and "browser run" in _text(driver, "jobs")
+            # a second job of the same anonymous session (only it may run and delete its jobs)
+            session = {COOKIE: driver.get_cookie(COOKIE)["value"]}
+            svc.client.session.cookie_jar.update_cookies(session)
             pending = await svc.create({"ID": svc.complete_id})
             await _in_thread(driver.get, f"{base}/jobs/{pending}")
             assert _text(driver, "phase") == "PENDING"

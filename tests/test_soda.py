@@ -11,7 +11,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from soda_reduce.runtime.cutout import Cutout, NoOverlap, cut_fits, cut_products, cutout_bytes
+from soda_reduce.runtime.cutout import Cutout, NoOverlap, cut_fits, cutout_bytes
+from soda_reduce.runtime.cutout_jobs import cut_products
 from soda_reduce.vo.coverage import exposure_interval, filter_band
 from soda_reduce.vo.dali import NotFoundError, TransientError, UsageError
 from soda_reduce.vo.regions import Circle, Polygon, Range, separation

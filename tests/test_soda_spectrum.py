@@ -17,7 +17,8 @@ from lxml import etree
 
 from soda_reduce.pipelines.kast.spectrum import CATEGORY, write_spectrum
 from soda_reduce.recipe.contract import Recipe, RecipeCall, RecipeInput
-from soda_reduce.runtime.cutout import Cutout, NoOverlap, cut_fits, cut_products, cutout_bytes
+from soda_reduce.runtime.cutout import Cutout, NoOverlap, cut_fits, cutout_bytes
+from soda_reduce.runtime.cutout_jobs import cut_products
 from soda_reduce.runtime.products import ProductStore
 from soda_reduce.runtime.step_cache import DONE
 from soda_reduce.runtime.store import Store
@@ -319,7 +320,9 @@ async def _cached_spectrum_reduction(svc: Harness, spec1d: Path) -> tuple[str, P
     target step's product being a kast spectrum (so async jobs reach the cutouts at once).
     Returns the product's IVOA ID and file."""
     service = svc.runtime.service
-    request, pipeline = await service.checked_request([("ID", svc.complete_id)])
+    request, pipeline = await service.checked_request(
+        await service.parse([("ID", svc.complete_id)])
+    )
     plan = await asyncio.to_thread(
         service.pipelines.plan,
         pipeline,

@@ -123,7 +123,9 @@ async def cluster_env(
         store = Store.connect(mongo.url, cluster.database)
         science = await complete_science(store)
         assert len(science) >= 4, science
-        async with aiohttp.ClientSession() as session:
+        # the jobs of one anonymous session (a cookie; the jar takes it from an IP host too)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as session:
             yield Env(cluster, store, session, science)
     finally:
         if cluster is not None:

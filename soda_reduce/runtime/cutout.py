@@ -24,15 +24,11 @@ spectrum's one position is inside a region or not, TIME and POL as for images.
 from __future__ import annotations
 
 import io
-import logging
 import math
-import os
 import re
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -45,8 +41,6 @@ from soda_reduce.runtime import cutout_spectrum as spectra
 from soda_reduce.vo.coverage import celestial_wcs, exposure_interval, filter_band
 from soda_reduce.vo.regions import Polygon, Region, separation
 from soda_reduce.vo.soda import SodaFilter, SodaUsageError
-
-log = logging.getLogger(__name__)
 
 GRID = 512  # pixel centres tested per axis at most; the outline covers what lies between
 ROWS_PER_CHUNK = 1 << 20  # pixels whose sky position is computed at once when masking
@@ -332,49 +326,6 @@ def _mask_outside(
 
 
 def cutouts_dir(products_root: Path, job_id: str) -> Path:
-    """Where a job's cutouts live: beside the step directories, one folder per job."""
+    """Where a job's cutouts live: beside the step directories, one folder per job
+    (`runtime.cutout_jobs` writes them)."""
     return products_root / "cutouts" / job_id
-
-
-def cut_products(
-    out_dir: Path, targets: Sequence[tuple[Path, str]], filters: Sequence[SodaFilter]
-) -> list[dict[str, Any]]:
-    """One result per (target, filter), SODA 1.0 section 6: a FITS cutout, or a text/plain
-    document starting with a SODA error label when that combination selects nothing.
-
-    ``targets``: (file, source label) pairs. Returns rows for the job document:
-    name, content_type, size, source, filter, ok.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    for path, source in targets:
-        stem = path.name.split(".")[0] or "image"
-        for flt in filters:
-            n = len(rows) + 1
-            try:
-                result = cut_fits(path, flt, source=source)
-            except SodaUsageError as exc:
-                result = f"UsageError: {exc.message}\n"
-            except Exception as exc:  # a broken product must not lose the job's other results
-                log.exception("cutout of %s (%s) failed", source, flt.describe())
-                result = f"Error: cutout failed: {type(exc).__name__}: {exc}\n"
-            if isinstance(result, NoOverlap):
-                result = f"UsageError: no overlap: {result.reason}\n"
-            if isinstance(result, Cutout):
-                name, body, media = f"cutout-{n}-{stem}.fits", result.to_bytes(), FITS_MEDIA_TYPE
-            else:
-                name, body, media = f"cutout-{n}-{stem}.txt", result.encode(), "text/plain"
-            partial = out_dir / f".{name}.part"
-            partial.write_bytes(body)
-            os.replace(partial, out_dir / name)
-            rows.append(
-                {
-                    "name": name,
-                    "content_type": media,
-                    "size": len(body),
-                    "source": source,
-                    "filter": flt.describe(),
-                    "ok": media == FITS_MEDIA_TYPE,
-                }
-            )
-    return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -23,15 +24,20 @@ from soda_reduce.config import Settings
 from soda_reduce.pipelines import registry
 from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.broker import InProcessQueue, PlanQueue, RabbitPlanQueue
+from soda_reduce.runtime.cutout_jobs import CutoutLimits
 from soda_reduce.runtime.events import JobEvents, RabbitJobEvents
 from soda_reduce.runtime.products import ProductStore
 from soda_reduce.runtime.runner import RunnerConfig
 from soda_reduce.runtime.service import JobService, Limits
 from soda_reduce.runtime.store import Store
+from soda_reduce.runtime.store.supervision import RestartHook
 from soda_reduce.runtime.sweeper import Sweeper
 from soda_reduce.runtime.worker import Worker, WorkerConfig
+from soda_reduce.vo.job_request import RequestLimits
 
 log = logging.getLogger(__name__)
+
+QUEUE_GRACE_S = 3.0  # at shutdown, plans already settled get this long to finish
 
 
 @dataclass
@@ -57,6 +63,15 @@ def make_executor(settings: Settings, concurrency: int | None = None) -> Any:
     return LocalExecutor(concurrency=concurrency)
 
 
+async def _requeue_after_restart(service: JobService) -> None:
+    """After the embedded store's restart: a plan whose worker failed on the dead store was
+    dead-lettered; republishing every QUEUED job (the worker drops duplicates) leaves none
+    stranded. EXECUTING ones are republished by the sweeper once their lease ran out."""
+    count = await service.jobs.unpublish_queued()
+    if count:
+        log.info("store restarted: %d queued jobs will be published again", count)
+
+
 @asynccontextmanager
 async def open_runtime(
     settings: Settings,
@@ -74,7 +89,7 @@ async def open_runtime(
         queue: PlanQueue = RabbitPlanQueue(settings.amqp_url, settings.amqp_queue)
         events: JobEvents = RabbitJobEvents(settings.amqp_url, settings.amqp_exchange)
     else:
-        queue, events = InProcessQueue(), JobEvents()
+        queue, events = InProcessQueue(shutdown_grace=QUEUE_GRACE_S), JobEvents()
     await queue.start()
     await events.start()
     pipelines = ArchivePipelines(registry(), settings.static_root(archive_root), pipeline)
@@ -85,8 +100,10 @@ async def open_runtime(
         destruction=timedelta(days=settings.destruction_days),
         max_destruction=timedelta(days=settings.max_destruction_days),
         concurrency=os.cpu_count() or 2,
+        max_active_jobs=settings.max_active_jobs,
     )
-    service = JobService(store, pipelines, queue, events, limits)
+    request_limits = RequestLimits(max_cutout_combinations=settings.max_cutout_combinations)
+    service = JobService(store, pipelines, queue, events, limits, request_limits)
     runtime = Runtime(
         settings,
         store,
@@ -94,13 +111,21 @@ async def open_runtime(
         events,
         service,
         products,
-        Sweeper(service, products, cache_bytes=settings.step_cache_bytes),
+        Sweeper(
+            service,
+            products,
+            cache_bytes=settings.step_cache_bytes,
+            lost_after=timedelta(seconds=settings.queued_lost_after_s),
+        ),
     )
+    requeue: RestartHook | None = None
     if not settings.amqp_url and worker:
         # the in-process queue of the previous run is gone: the sweeper republishes its jobs
         requeued = await service.jobs.unpublish_queued()
         if requeued:
             log.info("%d queued jobs from the previous run will be published again", requeued)
+        requeue = functools.partial(_requeue_after_restart, service)
+        store.health.on_restart.append(requeue)
     own_executor = False
     try:
         if sweeper:
@@ -111,7 +136,9 @@ async def open_runtime(
                 own_executor = True
             lease = settings.job_lease_s
             config = worker_config or WorkerConfig(
-                lease_s=lease, runner=RunnerConfig(lease_s=lease)
+                lease_s=lease,
+                runner=RunnerConfig(lease_s=lease),
+                cutouts=CutoutLimits(settings.max_cutouts, settings.max_job_bytes),
             )
             runtime.worker = Worker(
                 store,
@@ -127,6 +154,8 @@ async def open_runtime(
             runtime.tasks.append(asyncio.create_task(runtime.worker.run()))
         yield runtime
     finally:
+        if requeue is not None:
+            store.health.on_restart.remove(requeue)
         for task in runtime.tasks:
             task.cancel()
         for task in runtime.tasks:

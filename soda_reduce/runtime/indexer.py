@@ -10,11 +10,16 @@ is listed for the archive's curators and never stops a scan.
 Directories whose name starts with ``.`` or ``_`` are skipped: they hold
 things that are not raw data (``_truth/`` answers for tests, ``_static/``,
 ``.git``, hidden caches).
+
+Symbolic links are followed while they stay inside the archive; a FITS file or a
+directory whose link resolves outside the root is neither indexed nor walked, and
+the report lists it as a problem (runtime/archive_boundary.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import time
@@ -27,8 +32,11 @@ from soda_reduce.pipelines import registry
 from soda_reduce.reduction.fits_headers import FITS_SUFFIXES, is_fits_name, read_header
 from soda_reduce.reduction.index_model import RawFile, raw_file_id
 from soda_reduce.reduction.overrides import Overrides
+from soda_reduce.runtime.archive_boundary import OUTSIDE, outside
 from soda_reduce.runtime.claims import Annotator, annotator_for
+from soda_reduce.runtime.public_text import PublicText
 from soda_reduce.runtime.store import RawFileState, Store
+from soda_reduce.runtime.store.store import VERSION_STEPS
 
 CHECKSUM_MODES = ("full", "fast")
 READ_BATCH = 250  # files per worker-thread call
@@ -42,7 +50,8 @@ class IndexReport:
     """What a scan changed, every file in the index that has a problem, and what it could not see.
 
     Files under an ``unreadable`` directory are kept in the index as they were:
-    a transient error must not make the index forget them.
+    a transient error must not make the index forget them. ``problems`` also holds the
+    links that resolve outside the archive (``outside``), which are not indexed.
     """
 
     added: int = 0
@@ -52,6 +61,7 @@ class IndexReport:
     problems: list[tuple[str, str]] = field(default_factory=list)
     duration: float = 0.0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    outside: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -71,10 +81,12 @@ class IndexReport:
 
 @dataclass
 class ArchiveWalk:
-    """The FITS files found under the root, and the directories that could not be listed."""
+    """The FITS files found under the root, the directories that could not be listed, and the
+    links (FITS files or directories, a directory ending in ``/``) that leave the root."""
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
+    outside: dict[str, str] = field(default_factory=dict)
 
     def hidden_by_error(self, rel: str) -> bool:
         return any(rel.startswith(prefix) for prefix in self.unreadable)
@@ -126,27 +138,31 @@ async def index_archive(
     after = {rel: state for rel, state in indexed.items() if rel in on_disk or rel in kept}
     after |= states
     if writes or not listing.cached:
-        await store.save_raw_listing(after, listing.version + writes)
+        await store.save_raw_listing(after, listing.version + writes * VERSION_STEPS)
 
     updated = sum(1 for rel, _ in to_read if rel in indexed)
+    problems = [(rel, s.problem) for rel, s in after.items() if s.problem is not None]
     return IndexReport(
         added=len(to_read) - updated,
         updated=updated,
         removed=len(gone),
         unchanged=len(on_disk) - len(to_read),
-        problems=sorted((rel, s.problem) for rel, s in after.items() if s.problem is not None),
+        problems=sorted(problems + list(walk.outside.items())),
         duration=time.perf_counter() - started,
         unreadable=sorted(walk.unreadable.items()),
+        outside=sorted(walk.outside.items()),
     )
 
 
 def walk_archive(root: Path) -> ArchiveWalk:
     """Every FITS file under root with (size, mtime_ns), by relative posix path, sorted.
 
-    Symbolic links are followed; a directory reached twice (a link loop) is walked once.
+    Symbolic links are followed while they resolve inside the root (those that do not are
+    recorded in ``outside``); a directory reached twice (a link loop) is walked once.
     """
     walk = ArchiveWalk()
     seen: set[tuple[int, int]] = set()
+    real_root = Path(root).resolve()
 
     def visit(directory: str, prefix: str) -> None:
         try:
@@ -162,6 +178,12 @@ def walk_archive(root: Path) -> ArchiveWalk:
         for entry in entries:
             name = entry.name
             try:
+                if entry.is_symlink() and outside(real_root, entry.path):
+                    if entry.is_dir() and name[0] not in "._":
+                        walk.outside[f"{prefix}{name}/"] = OUTSIDE
+                    elif is_fits_name(name):
+                        walk.outside[prefix + name] = OUTSIDE
+                    continue
                 if entry.is_dir():
                     if name[0] not in "._":
                         visit(entry.path, f"{prefix}{name}/")
@@ -264,6 +286,8 @@ def index_file(
             checksum = file_checksum(path)
         except OSError as exc:
             checksum, problem = "", problem or f"cannot read file: {exc}"
+    if problem is not None:  # shown to anyone: "$ARCHIVE/night/x.fits", not the mount point
+        problem = _public(root)(problem)
     return RawFile(
         file_id=raw_file_id(rel, authority),
         path=rel,
@@ -274,6 +298,11 @@ def index_file(
         mtime_ns=mtime_ns,
         problem=problem,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _public(root: Path) -> PublicText:
+    return PublicText.of(archive=root)
 
 
 def file_checksum(path: Path) -> str:

@@ -13,8 +13,8 @@ sweeper, so a crash between the two writes loses nothing.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,9 +22,26 @@ from pymongo import ASCENDING, DESCENDING
 
 from soda_reduce.runtime.step_cache import retrying
 from soda_reduce.runtime.store import Store
-from soda_reduce.vo.uws import FINAL, Phase, can_transition
+from soda_reduce.runtime.store.store import IN_CHUNK
+from soda_reduce.runtime.sweep_queries import (
+    SWEEP_BATCH,
+    SWEEP_FIELDS,
+    SWEEP_SCAN,
+    expired_query,
+    lost_query,
+    orphaned_query,
+    overdue_query,
+    unpublished_query,
+)
+from soda_reduce.vo.dali import DaliError
+from soda_reduce.vo.job_request import JobRequest, parse_job_request
+from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, can_transition
 
 # a job list never reads plans, steps or results: they can be large
+MAX_LIST = 1000  # rows of one job list; AFTER pages on
+LIST_WINDOW = timedelta(minutes=2)  # the first window of creation time a list reads
+LIST_WINDOWS = 16  # windows, each 4 times the last: from 2 minutes to beyond MAX_JOB_AGE
+MAX_JOB_AGE = timedelta(days=365)  # no job outlives this (destruction is clamped to it)
 LIST_PROJECTION = {"_id": 0, "job_id": 1, "phase": 1, "run_id": 1, "owner": 1, "creation_time": 1}
 
 
@@ -37,6 +54,33 @@ def utcnow() -> datetime:
 def new_job_id() -> str:
     """Unguessable (a job URL is a capability for anonymous users), short enough to read."""
     return secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job ended in ERROR or ABORTED: what UWS's errorSummary shows, typed.
+
+    ``code`` is stable for clients and operators (``usage``: the request cannot be
+    reduced; ``step``: recipe steps failed; ``limit``: a limit of the service was
+    reached; ``deadline``: executionDuration ran out; ``aborted``: the owner aborted;
+    ``products``: products could not be read back; ``internal``: a fault of the
+    service); ``kind`` is UWS's errorSummary type, ``fatal`` or ``transient``.
+    The message is public: no server paths.
+    """
+
+    code: str
+    message: str
+    kind: str = "fatal"
+
+    def to_doc(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "type": self.kind}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None) -> JobError | None:
+        if not doc:
+            return None
+        kind = doc.get("type") if doc.get("type") in ("fatal", "transient") else "fatal"
+        return cls(str(doc.get("code") or "internal"), str(doc.get("message") or "failed"), kind)
 
 
 @dataclass
@@ -54,7 +98,7 @@ class JobRecord:
     execution_duration: int = 0
     destruction: datetime | None = None
     quote: datetime | None = None
-    error: dict[str, Any] | None = None
+    error: JobError | None = None
     plan: dict[str, Any] | None = None
     published: bool = False
     progress: dict[str, Any] | None = None
@@ -79,7 +123,7 @@ class JobRecord:
             execution_duration=int(doc.get("execution_duration") or 0),
             destruction=doc.get("destruction"),
             quote=doc.get("quote"),
-            error=doc.get("error"),
+            error=JobError.from_doc(doc.get("error")),
             plan=doc.get("plan"),
             published=bool(doc.get("published")),
             progress=doc.get("progress"),
@@ -94,6 +138,19 @@ class JobRecord:
     def parameter(self, name: str) -> list[str]:
         return [v for n, v in self.parameters if n.upper() == name.upper()]
 
+    @property
+    def request(self) -> JobRequest:
+        """The typed request stored at creation (jobs stored before it existed are parsed
+        from their parameters once, leniently: they were checked when created)."""
+        stored = self.doc.get("request")
+        if stored is not None:
+            return JobRequest.from_doc(stored, self.run_id)
+        try:
+            parsed = parse_job_request(self.parameters)
+        except DaliError:
+            return JobRequest(run_id=self.run_id)
+        return replace(parsed, run_id=self.run_id)
+
 
 class JobStore:
     """The ``jobs`` collection: the only code that writes job documents."""
@@ -105,9 +162,8 @@ class JobStore:
     async def create(
         self,
         owner: str | None,
-        parameters: Sequence[tuple[str, str]],
+        request: JobRequest,
         *,
-        run_id: str | None,
         execution_duration: int,
         destruction: datetime,
         job_id: str | None = None,
@@ -115,10 +171,11 @@ class JobStore:
         doc = {
             "job_id": job_id or new_job_id(),
             "owner": owner,
-            "run_id": run_id,
+            "run_id": request.run_id,
             "phase": Phase.PENDING.value,
             "creation_time": utcnow(),
-            "parameters": [[n, v] for n, v in parameters],
+            "request": request.to_doc(),
+            "parameters": [list(p) for p in request.parameters()],
             "execution_duration": execution_duration,
             "destruction": destruction,
             "published": False,
@@ -136,6 +193,15 @@ class JobStore:
             return None
         return JobRecord.from_doc(doc)
 
+    async def phase(self, job_id: str, owner: str | None) -> Phase | None:
+        """The phase alone (WAIT polls it): None when unknown or someone else's."""
+        doc = await retrying(
+            lambda: self.jobs.find_one({"job_id": job_id}, {"_id": 0, "phase": 1, "owner": 1})
+        )
+        if doc is None or doc.get("owner") != owner:
+            return None
+        return Phase(doc["phase"])
+
     async def list(
         self,
         owner: str | None,
@@ -143,27 +209,74 @@ class JobStore:
         after: datetime | None = None,
         last: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Job-list rows, newest first when LAST is given, otherwise oldest first.
+        """Job-list rows, newest first when LAST is given, otherwise oldest first; at most
+        `MAX_LIST` rows either way (a client pages on with AFTER, the last row's time).
 
-        No PHASE filter leaves ARCHIVED jobs out (UWS 1.1 section 2.2.1.1).
+        No PHASE filter leaves ARCHIVED jobs out (UWS 1.1 section 2.2.1.1). Rows are read
+        in windows of creation time that widen until enough are found, back to the oldest
+        a job can be (`MAX_JOB_AGE`): SecantusDB sorts every document a filter matches
+        before it limits (an owner with 100,000 jobs cost 6 s per list) and scans the
+        whole collection when the filter names the phase, but it bounds an owner + time
+        range on the ``owner_created`` index. Phases are filtered here.
         """
-        query: dict[str, Any] = {"owner": owner}
-        wanted = sorted(p.value for p in phases)
-        if wanted:
-            query["phase"] = {"$in": wanted}
-        else:
-            query["phase"] = {"$ne": Phase.ARCHIVED.value}
+        wanted = {p.value for p in phases}
+        limit = min(last or MAX_LIST, MAX_LIST)
+        newest_first = last is not None
+        edge = utcnow() + timedelta(minutes=1)  # creation times never lie beyond now
+        floor = edge - MAX_JOB_AGE - timedelta(days=1)
         if after is not None:
-            query["creation_time"] = {"$gt": after}
-        if last is not None:
-            cursor = self.jobs.find(query, LIST_PROJECTION).sort(
-                [("creation_time", DESCENDING), ("job_id", DESCENDING)]
-            )
-            return await cursor.limit(last).to_list()
-        cursor = self.jobs.find(query, LIST_PROJECTION).sort(
-            [("creation_time", ASCENDING), ("job_id", ASCENDING)]
+            floor = max(floor, after)
+        rows: list[dict[str, Any]] = []
+        span = LIST_WINDOW
+        start = edge if newest_first else floor
+        for _ in range(LIST_WINDOWS):
+            if (start <= floor) if newest_first else (start >= edge):
+                break
+            if newest_first:
+                window = (max(start - span, floor), start)
+                start = window[0]
+            else:
+                window = (start, min(start + span, edge))
+                start = window[1]
+            needed = limit - len(rows)
+            rows += await self._window(owner, wanted, window, after, newest_first, needed)
+            if len(rows) >= limit:
+                break
+            span = min(span * 4, MAX_JOB_AGE)
+        return rows
+
+    async def _window(
+        self,
+        owner: str | None,
+        wanted: set[str],
+        window: tuple[datetime, datetime],
+        after: datetime | None,
+        newest_first: bool,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        low, high = window
+        times: dict[str, Any] = {"$gte": low, "$lt": high}
+        if after is not None and low <= after:
+            times = {"$gt": after, "$lt": high}
+        direction = DESCENDING if newest_first else ASCENDING
+        cursor = self.jobs.find({"owner": owner, "creation_time": times}, LIST_PROJECTION).sort(
+            [("creation_time", direction), ("job_id", direction)]
         )
-        return await cursor.to_list()
+        rows = []
+        for row in await retrying(lambda: cursor.clone().to_list()):
+            phase = row.get("phase")
+            if (phase in wanted) if wanted else phase != Phase.ARCHIVED.value:
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+        return rows
+
+    async def count_active(self, owner: str | None, up_to: int) -> int:
+        """Jobs of ``owner`` not yet final (PENDING, HELD, QUEUED, EXECUTING, SUSPENDED),
+        counted up to ``up_to`` (the quota): the cost stays bounded."""
+        active = [p.value for p in (*ACTIVE, Phase.HELD, Phase.SUSPENDED)]
+        query = {"owner": owner, "phase": {"$in": active}}
+        return await retrying(lambda: self.jobs.count_documents(query, limit=up_to))
 
     async def update_if(
         self, job_id: str, expect: Mapping[str, Any], changes: Mapping[str, Any]
@@ -209,11 +322,16 @@ class JobStore:
         await retrying(lambda: self.jobs.delete_one({"job_id": job_id}))
         return JobRecord.from_doc(doc)
 
-    async def unpublished(self, older_than: timedelta) -> list[JobRecord]:
+    # ------------------------------------------------------------ the sweeper's queries
+    #
+    # Every sweeper pass runs these. Each filter is served by an index (store.INDEXES;
+    # tests/test_sweeper.py asks the store's explain), reads `SWEEP_FIELDS` only (never
+    # plans, steps or results), reads at most `SWEEP_SCAN` documents and returns at most
+    # ``limit`` jobs (`SWEEP_BATCH`): what is left waits for the next pass.
+
+    async def unpublished(self, older_than: timedelta, limit: int = 0) -> list[JobRecord]:
         """QUEUED jobs whose plan was never confirmed by the broker (the outbox)."""
-        cutoff = utcnow() - older_than
-        query = {"phase": Phase.QUEUED.value, "published": False, "queued_time": {"$lt": cutoff}}
-        return [JobRecord.from_doc(d) async for d in self.jobs.find(query, {"_id": 0})]
+        return await self._sweep_find(unpublished_query(utcnow() - older_than), limit)
 
     async def unpublish_queued(self) -> int:
         """Mark every QUEUED job unpublished: the in-process queue died with the last process.
@@ -228,38 +346,87 @@ class JobStore:
         )
         return result.modified_count
 
-    async def orphaned(self, before: datetime) -> list[JobRecord]:
+    async def lost(self, before: datetime, limit: int = 0) -> list[JobRecord]:
+        """QUEUED jobs last published before ``before`` and still taken by no worker (taking
+        a job makes it EXECUTING under a lease): their message may be lost, to a purged
+        queue or a worker that dead-lettered it failing to take the job."""
+        return await self._sweep_find(lost_query(before), limit)
+
+    async def mark_lost(self, job: JobRecord, now: datetime) -> bool:
+        """Compare-and-set before republishing a lost job: one sweeper does it, once per
+        period (``published_time`` becomes the time of the latest message)."""
+        expect = {**lost_query(now), "published_time": job.doc.get("published_time")}
+        changes = {"published_time": now, "requeues": int(job.doc.get("requeues") or 0) + 1}
+        return await self.update_if(job.job_id, expect, changes)
+
+    async def unmark_lost(self, job: JobRecord, now: datetime) -> bool:
+        """Undo `mark_lost` when the message could not be sent: the next pass tries again."""
+        expect = {"phase": Phase.QUEUED.value, "published_time": now}
+        changes = {
+            "published_time": job.doc.get("published_time"),
+            "requeues": int(job.doc.get("requeues") or 0),
+        }
+        return await self.update_if(job.job_id, expect, changes)
+
+    async def orphaned(self, before: datetime, limit: int = 0) -> list[JobRecord]:
         """EXECUTING jobs whose worker stopped renewing its lease before ``before``
         and that were not republished since then."""
-        query = {"phase": Phase.EXECUTING.value, "lease_until": {"$lt": before}}
-        found = []
-        async for doc in self.jobs.find(query, {"_id": 0}):
-            again = doc.get("republished_time")
-            if again is None or again < before:
-                found.append(JobRecord.from_doc(doc))
-        return found
 
-    async def expired(self, now: datetime) -> list[JobRecord]:
+        def unmarked(job: JobRecord) -> bool:
+            again = job.doc.get("republished_time")
+            return again is None or again < before
+
+        return await self._sweep_find(orphaned_query(before), limit, unmarked)
+
+    async def expired(self, now: datetime, limit: int = 0) -> list[JobRecord]:
         """Jobs past their destruction time."""
-        query = {"destruction": {"$lt": now}}
-        return [JobRecord.from_doc(d) async for d in self.jobs.find(query, {"_id": 0})]
+        return await self._sweep_find(expired_query(now), limit)
 
-    async def overdue(self, now: datetime) -> list[JobRecord]:
-        """EXECUTING jobs with an executionDuration (the worker enforces it; this is a net)."""
-        query = {"phase": Phase.EXECUTING.value, "execution_duration": {"$gt": 0}}
-        found = []
-        async for doc in self.jobs.find(query, {"_id": 0, "plan": 0}):
-            job = JobRecord.from_doc(doc)
-            start = job.start_time
-            if start is not None and start + timedelta(seconds=job.execution_duration) < now:
-                found.append(job)
-        return found
+    async def overdue(self, now: datetime, limit: int = 0) -> list[JobRecord]:
+        """EXECUTING jobs past their executionDuration (the worker enforces it; this is a
+        net)."""
+
+        def late(job: JobRecord) -> bool:
+            start, duration = job.start_time, job.execution_duration
+            return duration > 0 and start is not None and start + timedelta(seconds=duration) < now
+
+        return await self._sweep_find(overdue_query(), limit, late)
 
     async def referenced_step_keys(self) -> set[str]:
-        """Step keys any stored job still names in its results (kept by the collector)."""
+        """Step keys any stored job still names in its steps (kept by the collector).
+
+        Reads every job, but only their step keys, in batches: memory is one batch plus
+        the set of keys, whatever the jobs hold.
+        """
         keys: set[str] = set()
-        async for doc in self.jobs.find({}, {"_id": 0, "steps": 1}):
+        cursor = self.jobs.find({}, {"_id": 0, "steps.step_key": 1}).batch_size(SWEEP_SCAN)
+        async for doc in cursor:
             for step in doc.get("steps") or []:
-                if step.get("step_key"):
+                if isinstance(step, dict) and step.get("step_key"):
                     keys.add(step["step_key"])
         return keys
+
+    async def existing(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of ``job_ids`` are still stored (only their ids are read)."""
+        wanted, found = sorted(set(job_ids)), set()
+        for start in range(0, len(wanted), IN_CHUNK):  # $in is quadratic on SecantusDB
+            query = {"job_id": {"$in": wanted[start : start + IN_CHUNK]}}
+            async for doc in self.jobs.find(query, {"_id": 0, "job_id": 1}):
+                found.add(doc["job_id"])
+        return found
+
+    async def _sweep_find(
+        self, query: dict[str, Any], limit: int, keep: Callable[[JobRecord], bool] | None = None
+    ) -> list[JobRecord]:
+        """Up to ``limit`` jobs matching ``query`` and ``keep``, from `SWEEP_SCAN` read at most."""
+        limit = limit or SWEEP_BATCH
+        found: list[JobRecord] = []
+        cursor = self.jobs.find(query, SWEEP_FIELDS).limit(SWEEP_SCAN).batch_size(500)
+        async for doc in cursor:
+            job = JobRecord.from_doc(doc)
+            if keep is None or keep(job):
+                found.append(job)
+                if len(found) >= limit:
+                    break
+        await cursor.close()
+        return found

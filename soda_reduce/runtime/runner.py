@@ -22,8 +22,10 @@ from typing import Any
 
 from soda_reduce.reduction.plan import PlanJob, ReductionPlan
 from soda_reduce.reduction.static import PIPELINE_SCHEME
+from soda_reduce.runtime.archive_boundary import inside
 from soda_reduce.runtime.executors.base import Executor, StepResources, StepRun
 from soda_reduce.runtime.products import LOG_NAME, ProductError, ProductStore
+from soda_reduce.runtime.public_text import public_message
 from soda_reduce.runtime.step_cache import DONE, FAILED, LeaseLost, StepCache
 from soda_reduce.runtime.store import Store
 
@@ -164,7 +166,7 @@ class PlanRunner:
                     job.task,
                     job.step_key,
                     "failed",
-                    str(exc),
+                    public_message(str(exc), self.archive_root, self.products.root),
                     attempts=exc.attempts,
                     cpu_seconds=exc.cpu_seconds,
                 )
@@ -323,7 +325,9 @@ class PlanRunner:
                     where = item.path  # shipped with the pipeline: the recipe resolves it
                 else:
                     path = Path(item.path)
-                    host = path if path.is_absolute() else self.archive_root / path
+                    host = path if path.is_absolute() else inside(self.archive_root, item.path)
+                    if host is None:  # a link planted after indexing, leading out
+                        raise ProductError(f"{item.path}: resolves outside the archive")
                     where = self.executor.container_path(host)
                 entry = {
                     "category": item.category,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,30 +27,24 @@ from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.broker import BrokerUnavailable, PlanQueue
 from soda_reduce.runtime.events import JobEvents
-from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
+from soda_reduce.runtime.jobs import MAX_JOB_AGE, JobError, JobRecord, JobStore, utcnow
 from soda_reduce.runtime.store import Store
 from soda_reduce.vo.dali import (
     ForbiddenError,
     NotFoundError,
+    TooManyRequestsError,
     UsageError,
-    case_insensitive_params,
 )
-from soda_reduce.vo.soda import parse_soda
-from soda_reduce.vo.uws import (
-    ACTIVE,
-    FINAL,
-    Phase,
-    parse_destruction,
-    parse_execution_duration,
-    parse_phase_request,
+from soda_reduce.vo.job_request import (
+    JobRequest,
+    RequestLimits,
+    check_request_limits,
+    parse_job_request,
 )
+from soda_reduce.vo.uws import ACTIVE, FINAL, Phase
 
 log = logging.getLogger(__name__)
 
-# UWS control parameters: never job parameters
-CONTROL = frozenset({"PHASE", "EXECUTIONDURATION", "DESTRUCTION", "ACTION"})
-# single-valued job parameters of ours; ID is the only repeatable one
-SINGLE = frozenset({"TARGET", "RUNID", "REQUEST", "RESPONSEFORMAT"})
 DEFAULT_STEP_S = 30.0  # quote for a recipe never run here before
 
 
@@ -61,6 +55,8 @@ class Limits:
     destruction: timedelta = timedelta(days=7)
     max_destruction: timedelta = timedelta(days=30)
     concurrency: int = 2  # recipes at once, for the quote
+    max_active_jobs: int = 100  # per owner (each anonymous session is one owner)
+    requeue_after: timedelta = timedelta(minutes=1)  # RUN on a QUEUED job older republishes
 
 
 @dataclass(frozen=True)
@@ -80,6 +76,7 @@ class JobService:
         queue: PlanQueue,
         events: JobEvents,
         limits: Limits | None = None,
+        request_limits: RequestLimits | None = None,
     ) -> None:
         self.store = store
         self.jobs = JobStore(store)
@@ -88,52 +85,51 @@ class JobService:
         self.queue = queue
         self.events = events
         self.limits = limits or Limits()
+        self.request_limits = request_limits or RequestLimits()
         self._files: tuple[int, list[RawFile]] | None = None
 
     # ------------------------------------------------------------ parameters
 
-    def reduction_request(
-        self, pairs: Sequence[tuple[str, str]], cascade: Cascade | None = None
-    ) -> ReductionRequest:
-        """Check the job parameters against a pipeline's cascade (default: the default
-        pipeline's); UsageError with the reason if malformed.
+    async def parse(self, pairs: Sequence[tuple[str, str]]) -> JobRequest:
+        """The typed request (`vo.job_request`), parsed off the event loop: regions are
+        validated geometrically, which costs CPU in proportion to what a client sends."""
+        return await asyncio.to_thread(parse_job_request, pairs, self.request_limits)
 
-        Names are case-insensitive. Unknown bare names are kept and ignored, as DALI
-        asks of services; ``task.param`` names must name a real task parameter.
+    def reduction_request(
+        self, request: JobRequest, cascade: Cascade | None = None
+    ) -> ReductionRequest:
+        """Check a typed request against a pipeline's cascade (default: the default
+        pipeline's); UsageError with the reason if it does not fit.
+
+        Unknown bare names are kept and ignored, as DALI asks of services, unless the
+        cascade declares them as workflow parameters; ``task.param`` names must name a
+        real task parameter.
         """
         cascade = cascade or self.cascade
-        grouped = case_insensitive_params(pairs)
-        for name in SINGLE:
-            if len(grouped.get(name, [])) > 1:
-                raise UsageError(f"parameter {name} given {len(grouped[name])} times")
-        target = (grouped.get("TARGET") or [None])[0]
+        target = request.target
         if target is not None:
             try:
-                found = cascade.targets(target.strip())
-                target = found[0].name if len(found) == 1 else target.strip().lower()
+                found = cascade.targets(target)
+                target = found[0].name if len(found) == 1 else target.lower()
             except KeyError:
                 names = ", ".join([*(t.name for t in cascade.tasks), *cascade.meta_targets])
                 raise UsageError(
                     f"unknown TARGET {target!r} for the {cascade.name} pipeline (targets: {names})"
                 ) from None
-        ids: list[str] = []
-        for value in grouped.get("ID", []):
-            ids.extend(v for v in value.split() if v)  # one ID per value; spaces never occur
         workflow = {p.name.upper(): p.name for p in cascade.workflow_params}
-        recipe: dict[str, str] = {}
-        for name, value in pairs:
-            upper = name.upper()
-            if "." in name or upper in workflow:
-                key = name.lower() if "." in name else workflow[upper]
-                if key in recipe and recipe[key] != value:
-                    raise UsageError(f"parameter {name} given more than once")
-                recipe[key] = value
+        recipe = dict(request.recipe)
+        for name, value in request.other:
+            key = workflow.get(name.upper())
+            if key is None:
+                continue
+            if key in recipe and recipe[key] != value:
+                raise UsageError(f"parameter {name} given more than once")
+            recipe[key] = value
         try:
             split_parameters(cascade, recipe)
         except PlanRequestError as exc:
             raise UsageError(str(exc)) from None
-        parse_soda(pairs, sync=False)  # SODA cutout parameters: malformed ones refused now
-        return ReductionRequest(tuple(dict.fromkeys(ids)), target, recipe)
+        return ReductionRequest(request.ids, target, recipe)
 
     async def pipeline_for(self, ids: Sequence[str]) -> Pipeline:
         """The pipeline claiming the requested files; UsageError if unknown, unclaimed, or
@@ -159,42 +155,10 @@ class JobService:
             )
         return self.pipelines.get(next(iter(names)))
 
-    async def checked_request(
-        self, pairs: Sequence[tuple[str, str]]
-    ) -> tuple[ReductionRequest, Pipeline]:
+    async def checked_request(self, request: JobRequest) -> tuple[ReductionRequest, Pipeline]:
         """The request checked against the pipeline its IDs belong to."""
-        ids = self.reduction_request_ids(pairs)
-        pipeline = await self.pipeline_for(ids)
-        return self.reduction_request(pairs, pipeline.cascade), pipeline
-
-    @staticmethod
-    def reduction_request_ids(pairs: Sequence[tuple[str, str]]) -> tuple[str, ...]:
-        ids: list[str] = []
-        for name, value in pairs:
-            if name.upper() == "ID":
-                ids.extend(v for v in value.split() if v)
-        return tuple(dict.fromkeys(ids))
-
-    def control_values(
-        self, grouped: Mapping[str, list[str]]
-    ) -> tuple[int | None, datetime | None, Phase | None]:
-        """EXECUTIONDURATION, DESTRUCTION and PHASE from a request, each at most once."""
-        for name in ("EXECUTIONDURATION", "DESTRUCTION", "PHASE", "RUNID"):
-            if len(grouped.get(name, [])) > 1:
-                raise UsageError(f"parameter {name} given {len(grouped[name])} times")
-        try:
-            duration = (
-                parse_execution_duration(grouped["EXECUTIONDURATION"][0])
-                if "EXECUTIONDURATION" in grouped
-                else None
-            )
-            destruction = (
-                parse_destruction(grouped["DESTRUCTION"][0]) if "DESTRUCTION" in grouped else None
-            )
-            phase = parse_phase_request(grouped["PHASE"][0]) if "PHASE" in grouped else None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        return duration, destruction, phase
+        pipeline = await self.pipeline_for(request.ids)
+        return self.reduction_request(request, pipeline.cascade), pipeline
 
     def clamp_duration(self, seconds: int | None) -> int:
         """The server may lower a requested executionDuration to its maximum (UWS 1.1 2.2.3.4)."""
@@ -205,29 +169,37 @@ class JobService:
             return top
         return seconds
 
-    def clamp_destruction(self, when: datetime | None) -> datetime:
+    def clamp_destruction(self, when: datetime | None, created: datetime | None = None) -> datetime:
+        """Within the configured maximum from now, and never beyond `MAX_JOB_AGE` after
+        the job's creation (job lists read no further back)."""
         now = utcnow()
+        top = now + self.limits.max_destruction
+        if created is not None:
+            top = min(top, created + MAX_JOB_AGE)
         if when is None:
-            return now + self.limits.destruction
-        return min(max(when, now), now + self.limits.max_destruction)
+            return min(now + self.limits.destruction, top)
+        return min(max(when, now), top)
 
     # ------------------------------------------------------------ lifecycle
 
-    async def create(self, owner: str | None, pairs: Sequence[tuple[str, str]]) -> JobRecord:
-        grouped = case_insensitive_params(pairs)
-        duration, destruction, phase = self.control_values(grouped)
-        if phase not in (None, Phase.QUEUED):
+    async def create(self, owner: str | None, request: JobRequest) -> JobRecord:
+        if request.phase not in (None, Phase.QUEUED):
             raise UsageError("PHASE at creation may only be RUN")
-        params = [(n, v) for n, v in pairs if n.upper() not in CONTROL]
-        await self.checked_request(params)
+        await self.checked_request(request)
+        active = await self.jobs.count_active(owner, self.limits.max_active_jobs)
+        if active >= self.limits.max_active_jobs:
+            raise TooManyRequestsError(
+                f"{active} jobs of yours are still pending or running (the limit is "
+                f"{self.limits.max_active_jobs}): delete or wait for some",
+                retry_after=30,
+            )
         job = await self.jobs.create(
             owner,
-            [(n if "." in n else n.upper(), v) for n, v in params if n.upper() != "RUNID"],
-            run_id=(grouped.get("RUNID") or [None])[0],
-            execution_duration=self.clamp_duration(duration),
-            destruction=self.clamp_destruction(destruction),
+            request,
+            execution_duration=self.clamp_duration(request.execution_duration),
+            destruction=self.clamp_destruction(request.destruction),
         )
-        if phase == Phase.QUEUED:
+        if request.phase == Phase.QUEUED:
             job = await self.run(job)
         return job
 
@@ -237,30 +209,30 @@ class JobService:
             raise NotFoundError(f"no job {job_id!r}")
         return job
 
-    async def set_parameters(self, job: JobRecord, pairs: Sequence[tuple[str, str]]) -> JobRecord:
-        """POST to {job}/parameters: replace values by name, only while PENDING."""
+    async def set_parameters(
+        self, job: JobRecord, change: JobRequest, names: Sequence[str]
+    ) -> JobRecord:
+        """POST to {job}/parameters: replace values by name (``names``: those given),
+        only while PENDING."""
         if job.phase != Phase.PENDING:
             raise ForbiddenError(f"parameters cannot change in phase {job.phase.value}")
-        grouped = case_insensitive_params(pairs)
-        duration, destruction, phase = self.control_values(grouped)
-        new = [(n if "." in n else n.upper(), v) for n, v in pairs if n.upper() not in CONTROL]
-        replaced = {n.upper() for n, _ in new}
-        merged = [(n, v) for n, v in job.parameters if n.upper() not in replaced] + [
-            (n, v) for n, v in new if n.upper() != "RUNID"
-        ]
+        merged = job.request.updated(change, names)
+        check_request_limits(merged, self.request_limits)
         await self.checked_request(merged)
-        changes: dict[str, Any] = {"parameters": [[n, v] for n, v in merged]}
-        if "RUNID" in grouped:
-            changes["run_id"] = grouped["RUNID"][0]
-        if duration is not None:
-            changes["execution_duration"] = self.clamp_duration(duration)
-        if destruction is not None:
-            changes["destruction"] = self.clamp_destruction(destruction)
+        changes: dict[str, Any] = {
+            "request": merged.to_doc(),
+            "parameters": [list(p) for p in merged.parameters()],
+            "run_id": merged.run_id,
+        }
+        if change.execution_duration is not None:
+            changes["execution_duration"] = self.clamp_duration(change.execution_duration)
+        if change.destruction is not None:
+            changes["destruction"] = self.clamp_destruction(change.destruction, job.creation_time)
         if not await self.jobs.update_if(job.job_id, {"phase": Phase.PENDING.value}, changes):
             raise ForbiddenError("the job left PENDING while its parameters were being changed")
         await self.events.publish(job.job_id, Phase.PENDING.value, changed="parameters")
         job = await self.get(job.job_id, job.owner)
-        if phase == Phase.QUEUED:
+        if change.phase == Phase.QUEUED:
             job = await self.run(job)
         return job
 
@@ -276,14 +248,19 @@ class JobService:
 
     async def set_destruction(self, job: JobRecord, when: datetime) -> None:
         await self.jobs.update_if(
-            job.job_id, {"phase": job.phase.value}, {"destruction": self.clamp_destruction(when)}
+            job.job_id,
+            {"phase": job.phase.value},
+            {"destruction": self.clamp_destruction(when, job.creation_time)},
         )
         await self.events.publish(job.job_id, job.phase.value, changed="destruction")
 
     async def change_phase(self, job: JobRecord, target: Phase) -> JobRecord:
         if target == Phase.QUEUED:
-            if job.phase in (Phase.QUEUED, Phase.EXECUTING):
+            if job.phase == Phase.QUEUED:
+                await self.republish_if_lost(job)
                 return job  # RUN again is harmless: retries are safe
+            if job.phase == Phase.EXECUTING:
+                return job
             if job.phase not in (Phase.PENDING, Phase.HELD):
                 raise ForbiddenError(f"cannot run a job in phase {job.phase.value}")
             return await self.run(job)
@@ -296,13 +273,32 @@ class JobService:
             return await self.get(job.job_id, job.owner)
         raise ForbiddenError(f"PHASE must be RUN or ABORT, not {target.value}")
 
-    async def abort(self, job_id: str, message: str | None = None, *, error: bool = True) -> bool:
+    async def republish_if_lost(self, job: JobRecord) -> bool:
+        """RUN on a job QUEUED for long and taken by no worker: its message may be lost
+        (a purged queue); publish it again now rather than at the sweeper's next look.
+        The compare-and-set on the publication time lets one request do it per period,
+        and a duplicate message is dropped by the worker (the phase decides)."""
+        published = job.doc.get("published_time")
+        now = utcnow()
+        if not job.published or published is None or now - published < self.limits.requeue_after:
+            return False
+        if not await self.jobs.mark_lost(job, now):
+            return False
+        if not await self.publish(job.job_id, again=True):
+            await self.jobs.unmark_lost(job, now)
+            return False
+        log.info("job %s: queued since %s and not taken: published again", job.job_id, published)
+        return True
+
+    async def abort(
+        self, job_id: str, message: str | None = None, *, error: bool = True, code: str = "aborted"
+    ) -> bool:
         """Any active job -> ABORTED; the message becomes its errorSummary (pyvo shows it)."""
         changes: dict[str, Any] = {}
         if message:
             changes["abort_reason"] = message
             if error:
-                changes["error"] = {"message": message, "type": "fatal"}
+                changes["error"] = JobError(code, message).to_doc()
         won = await self.jobs.transition(
             job_id,
             Phase.ABORTED,
@@ -330,7 +326,7 @@ class JobService:
         return self._files[1]
 
     async def plan(self, job: JobRecord) -> ReductionPlan:
-        request, pipeline = await self.checked_request(job.parameters)
+        request, pipeline = await self.checked_request(job.request)
         if not request.ids:
             raise PlanRequestError("no ID given: name at least one raw file to reduce")
         files = await self.raw_files()
@@ -357,7 +353,7 @@ class JobService:
                 job.job_id,
                 Phase.ERROR,
                 expect=(Phase.PENDING, Phase.HELD),
-                changes={"error": {"message": str(exc), "type": "fatal"}},
+                changes={"error": JobError("usage", str(exc)).to_doc()},
             )
             await self.events.publish(job.job_id, Phase.ERROR.value)
             return await self.get(job.job_id, job.owner)

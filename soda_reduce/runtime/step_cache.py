@@ -16,26 +16,44 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pymongo.errors import AutoReconnect, DuplicateKeyError, NetworkTimeout
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ServerSelectionTimeoutError,
+)
 
-from soda_reduce.runtime.store import Store
+from soda_reduce.runtime.store import Store, StoreUnavailable
 
 T = TypeVar("T")
 
 RUNNING, DONE, FAILED, PENDING = "running", "done", "failed", "pending"
-RETRIES = 6  # a dropped connection or a restarting store: ~6 s of patience
+RETRIES = 6
+RETRY_WINDOW_S = 2.0  # dropped connections are retried within this much time of the first try
 
 
 async def retrying(call: Callable[[], Awaitable[T]]) -> T:
     """Run a store call again after a dropped connection (every call here is idempotent
-    or guarded by a compare-and-set, so repeating it is safe)."""
+    or guarded by a compare-and-set, so repeating it is safe); `StoreUnavailable` if the
+    store stays out of reach.
+
+    A server-selection timeout is not retried: the driver already waited the store's
+    timeout for a server (`Store.connect`), and waiting again would hold a request for
+    many times that. A restarting embedded store is back within that timeout.
+    """
+    first = time.monotonic()
     for attempt in range(RETRIES):
         try:
             return await call()
-        except (AutoReconnect, NetworkTimeout):
-            if attempt == RETRIES - 1:
-                raise
-            await asyncio.sleep(0.1 * 2**attempt)
+        except ServerSelectionTimeoutError as exc:
+            raise StoreUnavailable() from exc
+        except AutoReconnect as exc:  # NetworkTimeout too: the connection dropped
+            delay = 0.1 * 2**attempt
+            if attempt == RETRIES - 1 or time.monotonic() - first + delay > RETRY_WINDOW_S:
+                raise StoreUnavailable() from exc
+            await asyncio.sleep(delay)
+        except ConnectionFailure as exc:
+            raise StoreUnavailable() from exc
     raise AssertionError("unreachable")
 
 

@@ -3,6 +3,11 @@
 - outbox: QUEUED jobs whose plan the broker never confirmed are published
   again; EXECUTING jobs whose worker stopped renewing its lease are published
   again (in embedded mode there is no broker to redeliver them);
+- lost messages: QUEUED jobs published ``lost_after`` ago that no worker has
+  taken (a purged queue, a message dead-lettered by a worker that failed while
+  taking the job) are published again, once per ``lost_after``; a duplicate is
+  harmless, the phase compare-and-set lets one worker take the job and the
+  others drop their copy;
 - executionDuration: a job past its limit whose worker is gone is aborted;
 - destruction: jobs past their destruction time are deleted with their
   result links;
@@ -10,7 +15,9 @@
   first, while the product store is over its size cap.
 
 Every action is a compare-and-set or idempotent, so several sweepers (one per
-API process) may run at once.
+API process) may run at once. Every query is served by an index and bounded
+(`runtime.sweep_queries`): a pass acts on at most `SWEEP_BATCH` jobs of each
+kind, the next pass on the rest.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SweepReport:
     republished: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # QUEUED, their message lost: published again
     aborted: list[str] = field(default_factory=list)
     destroyed: list[str] = field(default_factory=list)
     collected: list[str] = field(default_factory=list)
@@ -53,6 +61,7 @@ class Sweeper:
         cache_bytes: int,
         outbox_after: timedelta = timedelta(seconds=5),
         lease_grace: timedelta = timedelta(seconds=30),
+        lost_after: timedelta = timedelta(minutes=10),
         collect_every_s: float = 60.0,
         scratch_max_age: timedelta = timedelta(days=1),
     ) -> None:
@@ -62,6 +71,7 @@ class Sweeper:
         self.cache_bytes = cache_bytes
         self.outbox_after = outbox_after
         self.lease_grace = lease_grace
+        self.lost_after = lost_after
         self.collect_every_s = collect_every_s
         self.scratch_max_age = scratch_max_age
         self._last_collect = 0.0
@@ -83,6 +93,12 @@ class Sweeper:
         for job in await self.jobs.unpublished(self.outbox_after):
             if await self.service.publish(job.job_id):
                 report.republished.append(job.job_id)
+        for job in await self.jobs.lost(now - self.lost_after):
+            if await self.jobs.mark_lost(job, now):
+                if await self.service.publish(job.job_id, again=True):
+                    report.lost.append(job.job_id)
+                else:  # the broker is down: try again next pass, not a period later
+                    await self.jobs.unmark_lost(job, now)
         for job in await self.jobs.orphaned(now - self.lease_grace):
             # mark it (one sweeper republishes, once per grace period) but leave the
             # lease expired: a lease in the future would make workers wait it out
@@ -98,7 +114,7 @@ class Sweeper:
             if job.lease_until is not None and job.lease_until > now:
                 continue  # its worker lives and enforces the limit itself
             message = f"executionDuration of {job.execution_duration} s exceeded"
-            if await self.service.abort(job.job_id, message, error=True):
+            if await self.service.abort(job.job_id, message, code="deadline"):
                 report.aborted.append(job.job_id)
         for job in await self.jobs.expired(now):
             with contextlib.suppress(Exception):
@@ -121,9 +137,11 @@ class Sweeper:
             _remove_old, self.products.root / "scratch", cutoff
         )
         await self._remove_orphan_cutouts(report)
-        keep = await self.jobs.referenced_step_keys()
         steps = await asyncio.to_thread(_step_dirs, self.products.root / "steps")
         total = sum(size for _, size, _ in steps)
+        if total <= self.cache_bytes:
+            return
+        keep = await self.jobs.referenced_step_keys()  # reads every job: only when needed
         for key, size, _mtime in sorted(steps, key=lambda s: s[2]):
             if total <= self.cache_bytes:
                 break
@@ -140,8 +158,10 @@ class Sweeper:
     async def _remove_orphan_cutouts(self, report: SweepReport) -> None:
         """Cutouts belong to one job: remove those of jobs deleted or destroyed."""
         root = self.products.root / "cutouts"
-        for job_id in await asyncio.to_thread(_job_dirs, root):
-            if await self.jobs.get(job_id, any_owner=True) is None:
+        found = await asyncio.to_thread(_job_dirs, root)
+        stored = await self.jobs.existing(found)
+        for job_id in found:
+            if job_id not in stored:
                 await asyncio.to_thread(shutil.rmtree, root / job_id, True)
                 report.cutouts_removed.append(job_id)
 

@@ -4,8 +4,15 @@ A message is acknowledged only once its job has reached a final phase (or is
 gone), so a worker killed mid-plan leaves the message to the broker, which
 gives it to another worker; that worker takes the job over once the dead
 worker's lease on it has expired, and the shared step cache hands it every
-step already done. ABORT, DELETE and the executionDuration stop the plan at
-once: the runner is cancelled and the executor kills the running recipes.
+step already done. Everything done for a job after taking it (steps, products,
+SODA cutouts) runs under one supervision (`runtime.supervisor`): the lease is
+renewed throughout, and ABORT, DELETE and the executionDuration stop it at once
+(the runner kills its recipes, cutting stops before its next cutout).
+
+A message for a job that is final, gone, or held under a live lease is a
+duplicate (the sweeper republishes jobs whose message may be lost): it is
+acknowledged and dropped. Only a redelivered message (its consumer died) waits
+for the holder's lease to run out.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,15 +29,17 @@ from typing import Any
 
 from soda_reduce.reduction.plan import ReductionPlan
 from soda_reduce.runtime.broker import Delivery, PlanQueue
-from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, cut_products, cutouts_dir
+from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, cutouts_dir
+from soda_reduce.runtime.cutout_jobs import CutoutLimitExceeded, CutoutLimits, cut_in_thread
 from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.executors.base import Executor
-from soda_reduce.runtime.jobs import JobRecord, JobStore, utcnow
+from soda_reduce.runtime.jobs import JobError, JobRecord, JobStore, utcnow
 from soda_reduce.runtime.products import ProductError, ProductStore
+from soda_reduce.runtime.public_text import public_message
 from soda_reduce.runtime.runner import PlanOutcome, PlanRunner, RunnerConfig
 from soda_reduce.runtime.store import Store
+from soda_reduce.runtime.supervisor import Stop, Supervisor
 from soda_reduce.vo.dali import UsageError
-from soda_reduce.vo.soda import parse_soda
 from soda_reduce.vo.uws import Phase
 
 log = logging.getLogger(__name__)
@@ -43,10 +52,7 @@ class WorkerConfig:
     progress_s: float = 0.5  # at most one progress write per this interval
     max_deliveries: int = 5  # a plan that killed this many workers is poison
     runner: RunnerConfig = field(default_factory=RunnerConfig)
-
-
-class Stop(Exception):
-    """Why a running plan was stopped (abort, deletion, time limit, lost lease)."""
+    cutouts: CutoutLimits = field(default_factory=CutoutLimits)  # per job
 
 
 class Worker:
@@ -75,6 +81,9 @@ class Worker:
         self.config = config or WorkerConfig()
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.prefetch = prefetch
+        self.supervisor = Supervisor(
+            self.jobs, events, self.worker_id, self.config.lease_s, self.config.check_s
+        )
 
     async def run(self) -> None:
         """Consume until cancelled."""
@@ -86,8 +95,8 @@ class Worker:
         job: JobRecord | None = None
         for _ in range(3):  # bounded: a live holder is waited for twice at most
             job, busy_until = await self.take(delivery.job_id)
-            if job is not None or busy_until is None:
-                break
+            if job is not None or busy_until is None or not delivery.redelivered:
+                break  # a fresh message for a job held under a live lease: a duplicate
             # another worker holds the job: if it died (this is its message, redelivered)
             # its lease runs out and the job is ours; if it lives, this is a duplicate
             wait = (busy_until - utcnow()).total_seconds()
@@ -97,7 +106,7 @@ class Worker:
             return
         if job.deliveries > self.config.max_deliveries:
             message = f"gave up: the plan was started {job.deliveries} times without finishing"
-            await self._finish(job, Phase.ERROR, {"error": {"message": message}})
+            await self._finish(job, Phase.ERROR, {"error": JobError("internal", message).to_doc()})
             await delivery.dead_letter(message)
             return
         try:
@@ -157,7 +166,8 @@ class Worker:
 
     async def execute(self, job: JobRecord) -> None:
         if job.plan is None:
-            await self._finish(job, Phase.ERROR, {"error": {"message": "the job has no plan"}})
+            error = JobError("internal", "the job has no plan").to_doc()
+            await self._finish(job, Phase.ERROR, {"error": error})
             return
         plan = ReductionPlan.from_dict(job.plan)
         tracker = _Tracker(plan)
@@ -178,10 +188,10 @@ class Worker:
             on_event=on_event,
             pipeline=self.pipeline,
         )
-        work = asyncio.create_task(runner.run(plan))
+        work = asyncio.create_task(self._work(job, plan, runner, tracker))
         reporter = asyncio.create_task(self._report(job, tracker, wake))
         try:
-            outcome = await self._guard(job, work)
+            phase, fields = await self.supervisor.guard(job, work)
         except Stop as stop:
             log.info("job %s stopped: %s", job.job_id, stop)
             return
@@ -190,64 +200,17 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             if not work.done():
-                work.cancel()
+                work.cancel()  # the runner kills its recipes; cutting stops and is waited for
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
-        await self._complete(job, plan, outcome, tracker)
+        await self._finish(job, phase, fields)
 
-    async def _guard(self, job: JobRecord, work: asyncio.Task[PlanOutcome]) -> PlanOutcome:
-        """Wait for the plan while renewing the lease and watching for stop reasons."""
-        deadline = (
-            time.monotonic() + job.execution_duration - self._elapsed(job)
-            if job.execution_duration
-            else None
-        )
-        renew_every = self.config.lease_s / 3
-        next_renew = time.monotonic() + renew_every
-        async with self.events.watch(job.job_id) as watch:
-            while not work.done():
-                now = time.monotonic()
-                timeout = min(self.config.check_s, max(0.0, next_renew - now))
-                if deadline is not None:
-                    timeout = min(timeout, max(0.0, deadline - now))
-                waiter = asyncio.create_task(watch.wait(timeout))
-                done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                if work in done:
-                    waiter.cancel()
-                    break
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    message = f"executionDuration of {job.execution_duration} s exceeded"
-                    await self.jobs.transition(
-                        job.job_id,
-                        Phase.ABORTED,
-                        expect=[Phase.EXECUTING],
-                        changes={"abort_reason": message, "error": {"message": message}},
-                    )
-                    await self.events.publish(job.job_id, Phase.ABORTED.value)
-                    raise Stop(message)
-                current = await self.jobs.get(job.job_id, any_owner=True)
-                if current is None:
-                    raise Stop("the job was deleted")
-                if current.phase != Phase.EXECUTING or current.worker != self.worker_id:
-                    raise Stop(f"the job is now {current.phase.value} ({current.worker})")
-                if now >= next_renew:
-                    lease = utcnow() + timedelta(seconds=self.config.lease_s)
-                    renewed = await self.jobs.update_if(
-                        job.job_id,
-                        {"phase": Phase.EXECUTING.value, "worker": self.worker_id},
-                        {"lease_until": lease},
-                    )
-                    if not renewed:
-                        raise Stop("lost the job to another worker")
-                    next_renew = now + renew_every
-        return work.result()
-
-    @staticmethod
-    def _elapsed(job: JobRecord) -> float:
-        if job.start_time is None:
-            return 0.0
-        return max(0.0, (utcnow() - job.start_time).total_seconds())
+    async def _work(
+        self, job: JobRecord, plan: ReductionPlan, runner: PlanRunner, tracker: _Tracker
+    ) -> tuple[Phase, dict[str, Any]]:
+        """All of a job's work, supervised as one: the steps, then products and cutouts."""
+        outcome = await runner.run(plan)
+        return await self._complete(job, plan, outcome, tracker)
 
     async def _report(self, job: JobRecord, tracker: _Tracker, wake: asyncio.Event) -> None:
         """Write progress to the job, coalescing bursts of runner events."""
@@ -260,33 +223,35 @@ class Worker:
 
     async def _complete(
         self, job: JobRecord, plan: ReductionPlan, outcome: PlanOutcome, tracker: _Tracker
-    ) -> None:
+    ) -> tuple[Phase, dict[str, Any]]:
+        """The final phase and fields of a plan that ran (written by the caller)."""
         fields = tracker.fields()
         if outcome.ok:
             try:
                 fields["results"] = await self._register_products(job, plan)
                 fields["cutouts"] = await self._cut_targets(job, fields["results"])
+            except CutoutLimitExceeded as exc:
+                fields["error"] = JobError("limit", str(exc)).to_doc()
+                return Phase.ERROR, fields
             except ProductError as exc:
-                fields["error"] = {"message": f"products unreadable: {exc}"}
-                await self._finish(job, Phase.ERROR, fields)
-                return
-            await self._finish(job, Phase.COMPLETED, fields)
-            return
+                message = f"products unreadable: {exc}"
+                roots = (self.archive_root, self.products.root)
+                fields["error"] = JobError("products", public_message(message, *roots)).to_doc()
+                return Phase.ERROR, fields
+            return Phase.COMPLETED, fields
         failed = [j for j in outcome.jobs.values() if j.status == "failed"]
         lines = [f"{j.job_id} ({j.task}): {j.error}" for j in failed[:3]]
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        fields["error"] = {
-            "message": f"{len(failed)} of {len(outcome.jobs)} steps failed: "
-            + "; ".join(lines)
-            + more
-        }
-        await self._finish(job, Phase.ERROR, fields)
+        summary = f"{len(failed)} of {len(outcome.jobs)} steps failed: " + "; ".join(lines)
+        fields["error"] = JobError("step", summary + more).to_doc()
+        return Phase.ERROR, fields
 
     async def _cut_targets(self, job: JobRecord, rows: list[dict[str, Any]]) -> list[dict]:
         """SODA parameters of the job (POS, CIRCLE, ...) cut its target FITS products:
-        one result per product and combination of values (docs/soda.md)."""
+        one result per product and combination of values (docs/soda.md), within the
+        job's limits (past one, the job's cutouts are removed and it ends in ERROR)."""
         try:
-            request = parse_soda(job.parameters, sync=False)  # validated at creation
+            request = job.request.soda  # parsed and validated at creation
         except UsageError as exc:
             log.warning("job %s: SODA parameters ignored: %s", job.job_id, exc)
             return []
@@ -299,7 +264,10 @@ class Worker:
         ]
         out = cutouts_dir(self.products.root, job.job_id)
         try:
-            return await asyncio.to_thread(cut_products, out, targets, request.filters())
+            return await cut_in_thread(out, targets, request.filters(), self.config.cutouts)
+        except CutoutLimitExceeded:
+            await asyncio.to_thread(shutil.rmtree, out, True)
+            raise
         except OSError as exc:
             raise ProductError(f"cutouts not written to {out}: {exc}") from None
 

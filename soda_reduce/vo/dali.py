@@ -69,6 +69,29 @@ class NotFoundError(DaliError):
     http_status = 404
 
 
+class PayloadTooLargeError(UsageError):
+    """A request body larger than the service accepts: 413 (a usage error to SODA)."""
+
+    http_status = 413
+
+
+class RequestTimeoutError(UsageError):
+    """The client did not send its request in time: 408."""
+
+    http_status = 408
+
+
+class TooManyRequestsError(DaliError):
+    """A quota or rate limit reached; ``retry_after`` seconds says when to try again: 429."""
+
+    http_status = 429
+    uws_type = "transient"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
 class TransientError(DaliError):
     """A temporary failure (queue or store down); retrying later may work: 503."""
 

@@ -60,6 +60,9 @@ ERROR_LABELS = (
 # ObsCore pol_states vocabulary: the values POL may take
 POL_STATES = ("I", "Q", "U", "V", "RR", "LL", "RL", "LR", "XX", "YY", "XY", "YX", "POLI", "POLA")
 SPATIAL = ("POS", "CIRCLE", "POLYGON")
+# validating a polygon (simple, convex enough) costs O(n^2): bounded, so that no request
+# can hold a CPU for long; archive footprints need far fewer vertices
+MAX_POLYGON_VERTICES = 100
 
 
 class SodaUsageError(UsageError):
@@ -183,8 +186,10 @@ _INF = {"+inf": math.inf, "inf": math.inf, "-inf": -math.inf}
 
 
 def _numbers(value: str, name: str, *, infinite: bool = False) -> list[float]:
-    out = []
+    out: list[float] = []
     for word in value.split():
+        if len(out) > 2 * MAX_POLYGON_VERTICES:
+            raise SodaUsageError(f"{name}: more than {2 * MAX_POLYGON_VERTICES} numbers")
         if _NUMBER.match(word):
             out.append(float(word))
         elif infinite and word.lower() in _INF:
@@ -215,6 +220,10 @@ def parse_polygon(value: str, name: str = "POLYGON") -> Polygon:
     if len(numbers) < 6 or len(numbers) % 2:
         raise SodaUsageError(
             f"{name}: a polygon is an even count of at least 6 numbers, not {len(numbers)}"
+        )
+    if len(numbers) > 2 * MAX_POLYGON_VERTICES:
+        raise SodaUsageError(
+            f"{name}: {len(numbers) // 2} vertices, more than the limit of {MAX_POLYGON_VERTICES}"
         )
     pairs = tuple(zip(numbers[::2], numbers[1::2], strict=True))
     return _region(lambda: Polygon(pairs), name)

@@ -303,14 +303,17 @@ def parse_phase_request(value: str) -> Phase:
 
 
 def parse_datetime(text: str) -> datetime:
-    """ISO 8601 with or without Z/offset; naive values are taken as UTC, results are UTC."""
+    """ISO 8601 with or without Z/offset; naive values are taken as UTC, results are UTC.
+
+    Dates at the ends of the calendar (year 1 at +14:00) cannot move to UTC: refused."""
+    shown = text[:64]
     try:
         value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"not an ISO 8601 date-time: {text!r}") from None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"not an ISO 8601 date-time in range: {shown!r}") from None
 
 
 def parse_destruction(text: str) -> datetime:
@@ -320,8 +323,8 @@ def parse_destruction(text: str) -> datetime:
 
 def _parse_uint(text: str, name: str) -> int:
     stripped = text.strip()
-    if not _UINT.fullmatch(stripped):
-        raise ValueError(f"{name} must be a non-negative integer, not {text!r}")
+    if len(stripped) > 19 or not _UINT.fullmatch(stripped):  # beyond int64: no use
+        raise ValueError(f"{name} must be a non-negative integer, not {text[:40]!r}")
     return int(stripped)
 
 

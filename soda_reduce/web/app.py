@@ -7,20 +7,26 @@ discovery endpoints (DataLink, VOSI, SODA sync) are added here by issue #5.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
+from soda_reduce.config import Settings
 from soda_reduce.pipelines import PipelineError
 from soda_reduce.reduction.graph import plan_dot
+from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.plan import PlanRequestError
 from soda_reduce.reduction.report import format_plan
-from soda_reduce.runtime.archive_plans import ArchivePipelines, pipelines_for_ids, summarise
+from soda_reduce.runtime.archive_plans import ArchivePipelines, pipelines_for_ids
+from soda_reduce.runtime.public_text import PublicText
 from soda_reduce.runtime.store import Store
 from soda_reduce.web import (
     archive,
     bundles,
     datalink,
+    landing,
     pages,
     products,
     raw_page,
@@ -30,6 +36,7 @@ from soda_reduce.web import (
     vosi,
 )
 from soda_reduce.web.context import SERVICES, Services
+from soda_reduce.web.landing import IndexView
 from soda_reduce.web.middleware import AuthConfig, auth_middleware, error_middleware
 
 
@@ -41,6 +48,10 @@ class ServiceState:
 
 
 STATE = web.AppKey("state", ServiceState)
+INDEX_VIEW = web.AppKey("index_view", IndexView)
+PLAN_MAX_IDS = 100
+PLAN_MAX_PARAMS = 50
+PLAN_MAX_VALUE = 1024  # bytes, any parameter value
 
 
 def _one(request: web.Request, name: str) -> str | None:
@@ -57,13 +68,51 @@ def _many(request: web.Request, name: str) -> list[str]:
 
 async def index_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    files = await state.store.all_raw_files()
-    summary, frames = await asyncio.to_thread(summarise, state.pipelines.registry, files)
-    return await pages.index(request, state.pipelines, summary, frames, files, state.archive)
+    content = await request.app[INDEX_VIEW].landing()  # one version read while unchanged
+    return landing.render_index(request, state.pipelines, content, state.archive)
+
+
+def _bounded(request: web.Request) -> None:
+    """/plan is public and plans in proportion to its request: refuse oversized ones."""
+    counts = Counter(k.upper() for k, _ in request.query.items())
+    if counts["ID"] > PLAN_MAX_IDS:
+        raise web.HTTPBadRequest(text=f"at most {PLAN_MAX_IDS} ID values, not {counts['ID']}\n")
+    if counts["PARAM"] > PLAN_MAX_PARAMS:
+        raise web.HTTPBadRequest(
+            text=f"at most {PLAN_MAX_PARAMS} PARAM values, not {counts['PARAM']}\n"
+        )
+    for name, value in request.query.items():
+        if len(value.encode()) > PLAN_MAX_VALUE:
+            raise web.HTTPBadRequest(text=f"{name[:40]}: values are limited to 1 KiB\n")
+
+
+def _plan_document(
+    pipelines: ArchivePipelines,
+    files: list[RawFile],
+    name: str | None,
+    ids: list[str],
+    target: str | None,
+    parameters: dict[str, str],
+    fmt: str,
+) -> tuple[str, str]:
+    """(body, content type) of a plan: CPU in proportion to the archive, run in a thread."""
+    if name:
+        pipeline = pipelines.get(name)
+    elif ids:
+        pipeline = pipelines_for_ids(pipelines.registry, files, ids)[0]
+    else:
+        pipeline = pipelines.default
+    plan = pipelines.plan(pipeline, files, target=target, ids=ids, parameters=parameters)
+    if fmt == "json":
+        return plan.to_json(indent=1), "application/json"
+    if fmt == "dot":
+        return plan_dot(plan), "text/vnd.graphviz"
+    return format_plan(plan), "text/plain"
 
 
 async def plan_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    _bounded(request)
     fmt = (_one(request, "FORMAT") or "text").lower()
     if fmt not in ("text", "json", "dot"):
         raise web.HTTPBadRequest(text=f"FORMAT must be text, json or dot, not {fmt!r}\n")
@@ -73,31 +122,36 @@ async def plan_handler(request: web.Request) -> web.Response:
         if not sep:
             raise web.HTTPBadRequest(text=f"PARAM must be name=value, not {item!r}\n")
         parameters[name.strip()] = value.strip()
-    files = await state.store.all_raw_files()
-    ids = _many(request, "ID")
-    name = _one(request, "PIPELINE")
+    ids, name, target = _many(request, "ID"), _one(request, "PIPELINE"), _one(request, "TARGET")
+    files = await request.app[INDEX_VIEW].files()  # cached while the index is unchanged
     try:
-        if name:
-            pipeline = state.pipelines.get(name)
-        elif ids:
-            pipeline = pipelines_for_ids(state.pipelines.registry, files, ids)[0]
-        else:
-            pipeline = state.pipelines.default
-        plan = await asyncio.to_thread(
-            state.pipelines.plan,
-            pipeline,
-            files,
-            target=_one(request, "TARGET"),
-            ids=ids,
-            parameters=parameters,
+        body, content_type = await asyncio.to_thread(
+            _plan_document, state.pipelines, files, name, ids, target, parameters, fmt
         )
     except (PlanRequestError, KeyError, PipelineError) as exc:
         raise web.HTTPBadRequest(text=f"{exc.args[0]}\n") from None
-    if fmt == "json":
-        return web.Response(text=plan.to_json(indent=1), content_type="application/json")
-    if fmt == "dot":
-        return web.Response(text=plan_dot(plan), content_type="text/vnd.graphviz")
-    return web.Response(text=format_plan(plan), content_type="text/plain")
+    return web.Response(text=body, content_type=content_type)
+
+
+def _index_view(state: ServiceState, services: Services | None) -> IndexView:
+    """The index behind / and /plan; with the job service, its cached list is shared."""
+    if services is None:
+        return IndexView(state.store, state.pipelines, PublicText.of(archive=state.archive))
+    public = products.public_text(services)
+    return IndexView(state.store, state.pipelines, public, services.jobs.raw_files)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What the HTTP server holds for a client: a connection that has not sent a whole
+    request within ``idle_timeout_s`` is closed (unfinished headers included), and
+    request lines and header fields are bounded (long enough for a GET of a request
+    at the service's own parameter limits)."""
+    return {
+        "keepalive_timeout": settings.idle_timeout_s,
+        "max_line_size": 72 * 1024,
+        "max_field_size": 16 * 1024,
+        "max_headers": 100,
+    }
 
 
 def build_app(
@@ -109,8 +163,10 @@ def build_app(
     middlewares = [error_middleware]
     if services is not None:
         middlewares.insert(0, auth_middleware(auth or AuthConfig()))
-    app = web.Application(middlewares=middlewares)
+    max_body = services.settings.max_request_bytes if services and services.settings else None
+    app = web.Application(middlewares=middlewares, client_max_size=max_body or 256 * 1024)
     app[STATE] = state
+    app[INDEX_VIEW] = _index_view(state, services)
     pages.setup(app)  # templates and static files: the index page uses them too
     app.router.add_get("/", index_page)
     app.router.add_get("/plan", plan_handler)

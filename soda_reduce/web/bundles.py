@@ -12,7 +12,8 @@ their IVOA identifiers. The zip is written while it is sent: zipfile writes into
 drained after every chunk, so memory stays at one chunk whatever the size (the archive uses
 data descriptors, as every streamed zip must; unzip, Python, 7-Zip and libarchive read them).
 FITS and PNG are stored as they are (deflate buys little on them and costs CPU); logs and
-JSON are deflated.
+JSON are deflated. Logs are redacted on the way (runtime/public_text.py: no server paths) and
+raw files are checked against the archive boundary (runtime/archive_boundary.py) when bundled.
 
 The URL lives under the job, so the owner rules of UWS apply: someone else's job is a 404.
 """
@@ -24,19 +25,22 @@ import json
 import logging
 import zipfile
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from aiohttp import web
 
+from soda_reduce.runtime.archive_boundary import inside, servable
 from soda_reduce.runtime.jobs import JobRecord, utcnow
 from soda_reduce.runtime.products import LOG_NAME, MANIFEST
+from soda_reduce.runtime.public_text import PublicText
 from soda_reduce.vo.dali import ForbiddenError, NotFoundError
 from soda_reduce.vo.uws import Phase, format_time
-from soda_reduce.web.context import ASYNC_PATH, SERVICES, Services, owner_of, product_id
+from soda_reduce.web.context import ASYNC_PATH, SERVICES, Services, job_of, product_id
+from soda_reduce.web.products import public_text
 
 log = logging.getLogger(__name__)
 KINDS = {
@@ -87,11 +91,9 @@ def plan_raw_inputs(plan: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 
 def _inside(root: Path, relative: str) -> Path | None:
-    """``root/relative`` if it cannot leave ``root`` (a plan is data: never trust its paths)."""
-    parts = PurePosixPath(relative).parts
-    if not parts or relative.startswith("/") or ".." in parts:
-        return None
-    return root.joinpath(*parts)
+    """The real path of ``root/relative`` if it stays in ``root``, links followed (a plan is
+    data: never trust its paths)."""
+    return inside(root, relative)
 
 
 def _disambiguate(names: list[str], keys: list[str]) -> list[str]:
@@ -149,7 +151,7 @@ def collect_members(services: Services, job: JobRecord, kind: str) -> list[Membe
         if archive is None:
             raise NotFoundError("this service has no archive root: raw files cannot be bundled")
         for file_id, relative in plan_raw_inputs(job.plan):
-            path = _inside(archive, relative)
+            path = servable(archive, relative)  # FITS, inside the archive, links followed
             if path is None:
                 missing.append(relative)
                 continue
@@ -159,7 +161,8 @@ def collect_members(services: Services, job: JobRecord, kind: str) -> list[Membe
             f"{len(missing)} file(s) of this bundle are gone (e.g. {missing[0]}): "
             "the step cache may have collected them; run the job again"
         )
-    return members
+    public = public_text(services)
+    return [replace(m, size=public.size(m.path)) if m.kind == "log" else m for m in members]
 
 
 def manifest_bytes(job: JobRecord, kind: str, members: Iterable[Member]) -> bytes:
@@ -218,8 +221,20 @@ def _zip_info(name: str, mtime: float | None, size: int) -> zipfile.ZipInfo:
     return info
 
 
+def _reader(member: Member, source: BinaryIO, public: PublicText) -> Callable[[], bytes]:
+    """The next chunk of a member, b"" at its end; logs come redacted."""
+    if member.kind != "log":
+        return lambda: source.read(CHUNK)
+    pieces = public.stream(source, CHUNK)
+    return lambda: next(pieces, b"")
+
+
 async def _write_zip(
-    response: web.StreamResponse, job: JobRecord, kind: str, members: list[Member]
+    response: web.StreamResponse,
+    job: JobRecord,
+    kind: str,
+    members: list[Member],
+    public: PublicText,
 ):
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", allowZip64=True) as archive:  # type: ignore[arg-type]
@@ -228,11 +243,12 @@ async def _write_zip(
             out.write(manifest)
         for member in members:
             source: BinaryIO = await asyncio.to_thread(member.path.open, "rb")
+            read = _reader(member, source, public)
             try:
                 info = _zip_info(member.name, member.mtime, member.size)
                 with archive.open(info, "w") as out:
                     await response.write(sink.take())
-                    while chunk := await asyncio.to_thread(source.read, CHUNK):
+                    while chunk := await asyncio.to_thread(read):
                         if info.compress_type == zipfile.ZIP_STORED:
                             out.write(chunk)
                         else:
@@ -249,7 +265,7 @@ async def get_bundle(request: web.Request) -> web.StreamResponse:
     kind = request.match_info["kind"]
     if kind not in KINDS:
         raise NotFoundError(f"no bundle {kind!r}: choose one of {', '.join(KINDS)}")
-    job = await services.jobs.get(request.match_info["job_id"], owner_of(request))
+    job = await job_of(request)  # the owner's, or an anonymous job by its URL
     if job.phase != Phase.COMPLETED:
         raise ForbiddenError(f"no bundle yet: the job is {job.phase.value}")
     members = await asyncio.to_thread(collect_members, services, job, kind)
@@ -263,7 +279,7 @@ async def get_bundle(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     try:
         if request.method != "HEAD":
-            await _write_zip(response, job, kind, members)
+            await _write_zip(response, job, kind, members, public_text(services))
         await response.write_eof()
     except ConnectionResetError:  # the client went away: nothing to answer, nothing broken
         log.info("bundle %s of job %s: the client closed the connection", kind, job.job_id)

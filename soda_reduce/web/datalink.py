@@ -30,6 +30,7 @@ from soda_reduce.reduction.cascade import Param
 from soda_reduce.reduction.fits_headers import GZIP_SUFFIXES
 from soda_reduce.reduction.index_model import RAW_RESOURCE, RawFile, raw_file_id
 from soda_reduce.reduction.plan import LEVEL_WORDS
+from soda_reduce.runtime.archive_boundary import servable
 from soda_reduce.runtime.datalinks import (
     STEP_KEY,
     ProductFacts,
@@ -391,9 +392,9 @@ async def raw_file(request: web.Request) -> web.StreamResponse:
     raw = await _indexed(request, request.match_info["path"])
     root = request.app[SERVICES].archive_root
     assert root is not None
-    path = Path(root) / raw.path
-    if not path.is_file():
-        raise NotFoundError(f"{raw.path} is indexed but no longer on disk")
+    path = await asyncio.to_thread(servable, root, raw.path)  # no link out of the archive
+    if path is None:
+        raise NotFoundError(f"{raw.path} is indexed but no longer in the archive")
     response = web.FileResponse(path)
     response.content_type = raw_content_type(raw.path)
     return response
@@ -407,6 +408,8 @@ async def raw_preview_handler(request: web.Request) -> web.StreamResponse:
     raw = await _indexed(request, name[: -len(".png")])
     services = request.app[SERVICES]
     assert services.archive_root is not None
+    if await asyncio.to_thread(servable, services.archive_root, raw.path) is None:
+        raise NotFoundError(f"{raw.path} is indexed but no longer in the archive")
     try:
         png = await asyncio.to_thread(
             raw_preview, services.products.root, Path(services.archive_root), raw

@@ -1,7 +1,10 @@
-"""HTML pages for people: the archive, the caller's jobs, a job's live progress, a raw file.
+"""HTML pages for people: the caller's jobs, a job's live progress (the archive's landing
+page is web/landing.py, a raw file's page web/raw_page.py).
 
-The pages sit beside the VO endpoints and use the same identity (web/middleware.py): a person
-sees only their own jobs, and someone else's job is a 404 here as in UWS. Everything is
+The pages sit beside the VO endpoints and use the same identity and rules (web/middleware.py,
+``context.job_of``): a person lists only their own jobs (an anonymous person: those of their
+session), someone else's job is a 404 here as in UWS, and an anonymous job's page is shown to
+whoever has its URL, without the buttons unless they may change it. Everything is
 rendered by Jinja2 with autoescape on; values never go into HTML by hand.
 
 The job page updates itself without reloading: a small script polls
@@ -20,22 +23,18 @@ import asyncio
 import functools
 import hashlib
 import json
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame
-from soda_reduce.runtime.archive_plans import ArchivePipelines, ClaimSummary
 from soda_reduce.runtime.jobs import LIST_PROJECTION, JobRecord
 from soda_reduce.runtime.products import LOG_NAME
-from soda_reduce.vo.dali import DaliError, ForbiddenError
+from soda_reduce.vo.dali import DaliError
 from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, format_time
 from soda_reduce.web.bundles import KINDS, bundle_url
 from soda_reduce.web.context import (
@@ -43,14 +42,17 @@ from soda_reduce.web.context import (
     PRODUCTS_PATH,
     SERVICES,
     Services,
+    check_creation_rate,
+    job_of,
+    may_change,
     owner_of,
     params_of,
+    public_owner,
 )
 
 HERE = Path(__file__).parent
 POLL_MS = 1000  # the job page's polling interval while the job is active
 JOB_LIST_LIMIT = 200  # newest jobs shown on /jobs
-FILE_LIST_LIMIT = 300  # raw files listed on / (the VOTable at /archive/raw has them all)
 SUMMARY_KEYWORDS = ("OBJECT", "DATE-OBS", "EXPTIME", "FILTER", "IMAGETYP", "INSTRUME", "TELESCOP")
 PREVIEW = "PREVIEW"
 
@@ -68,7 +70,19 @@ def setup(app: web.Application) -> None:
     )
     env.filters["time"] = lambda value: format_time(value) if value else ""
     env.filters["size"] = human_size
-    app.router.add_static("/static", HERE / "static", name="static")
+    app.router.add_get("/static/{name}", static_file, name="static")
+
+
+STATIC_FILES = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """The pages' own CSS and scripts, by name from a fixed list (an unknown name is a
+    404 in the pages' format, which aiohttp's static route cannot give)."""
+    path = STATIC_FILES.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound(text="no such file")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
 def human_size(n: int | None) -> str:
@@ -91,7 +105,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     context.setdefault("title", "soda-reduce")
     base = {
         "root": root_url(request),
-        "owner": owner_of(request) if services else None,
+        "owner": public_owner(owner_of(request)) if services else None,
         "services": services is not None,
     }
     response = aiohttp_jinja2.render_template(template, request, base | context, status=status)
@@ -115,79 +129,6 @@ def html_errors(handler: Handler) -> Handler:
             )
 
     return wrapped
-
-
-# ----------------------------------------------------------------- index
-
-
-async def index(
-    request: web.Request,
-    pipelines: ArchivePipelines,
-    summary: ClaimSummary,
-    frames: Mapping[str, Sequence[Frame]],
-    files: Sequence[RawFile],
-    archive: str,
-) -> web.Response:
-    """The archive summary, per pipeline; called by web/app.py, which owns the preview state."""
-    every = [f for items in frames.values() for f in items]
-    rows = [(_category(f), f) for f in every]
-    rows += [("unclaimed", pipelines.frame(raw)) for raw in files if not raw.pipeline]
-    counts = Counter((f.raw.pipeline or "-", name) for name, f in rows)
-    category = request.query.get("category")
-    listed = [f for name, f in rows if category is None or name == category]
-    listed.sort(key=lambda f: f.raw.path)
-    services = request.app.get(SERVICES)
-    shown = archive if services is None else Path(archive).name  # no server paths in public
-    return render(
-        request,
-        "index.html",
-        archive=shown,
-        pipelines=[
-            {
-                "name": p.name,
-                "version": p.version,
-                "description": p.description,
-                "instruments": p.instruments,
-                "claimed": summary.per_pipeline.get(p.name).claimed
-                if p.name in summary.per_pipeline
-                else 0,
-                "classified": summary.per_pipeline.get(p.name).classified
-                if p.name in summary.per_pipeline
-                else 0,
-                "targets": [t.name for t in p.cascade.tasks] + list(p.cascade.meta_targets),
-                "default_target": p.cascade.default_target,
-            }
-            for p in pipelines.registry.pipelines.values()
-        ],
-        refused=sorted(pipelines.registry.refused.items()),
-        unclaimed=len(summary.unclaimed),
-        total=len(files),
-        counts=sorted(counts.items()),
-        problems=sorted((raw.path, raw.problem) for raw in files if raw.problem),
-        category=category,
-        files=[_file_row(f) for f in listed[:FILE_LIST_LIMIT]],
-        more=max(0, len(listed) - FILE_LIST_LIMIT),
-    )
-
-
-def _category(frame: Frame) -> str:
-    return frame.category or ("unreadable" if frame.raw.problem else "unclassified")
-
-
-def _file_row(frame: Frame) -> dict[str, Any]:
-    kinds = ",".join(frame.categories) if frame.categories else _category(frame)
-    if frame.overridden or frame.calib_groups is not None:
-        kinds += " (override)"
-    if not frame.raw.pipeline and not frame.raw.problem:
-        kinds = "unclaimed"
-    return {
-        "path": frame.raw.path,
-        "url": "/raw/" + quote(frame.raw.path),
-        "pipeline": frame.raw.pipeline or "",
-        "category": kinds,
-        "night": frame.night or "",
-        "object": frame.raw.header.get("OBJECT") or "",
-    }
 
 
 # ----------------------------------------------------------------- job list
@@ -231,34 +172,22 @@ def _progress(value: dict[str, Any] | None) -> dict[str, Any]:
 async def submit_job(request: web.Request) -> web.Response:
     """The raw-file page's form: create and run the job, then show its page (303)."""
     services = request.app[SERVICES]
-    _check_origin(request)
+    # other sites' forms are refused by the auth middleware (web/middleware.py)
     pairs = [(k, v.strip()) for k, v in await params_of(request) if v.strip()]
     if not any(k.upper() == "PHASE" for k, _ in pairs):
         pairs.append(("PHASE", "RUN"))
-    job = await services.jobs.create(owner_of(request), pairs)
+    job_request = await services.jobs.parse(pairs)
+    check_creation_rate(request)
+    job = await services.jobs.create(owner_of(request), job_request)
     raise web.HTTPSeeOther(f"{root_url(request)}/jobs/{job.job_id}")
-
-
-def _check_origin(request: web.Request) -> None:
-    """Refuse forms posted from other sites (identities may come from a proxy's cookie)."""
-    origin = request.headers.get("Origin")
-    if origin is None:  # not a browser, or one that does not say: nothing to protect from
-        return
-    allowed = {f"{request.scheme}://{request.host}"}
-    configured = request.app[SERVICES].base_url
-    if configured:
-        parts = urlsplit(configured)
-        allowed.add(f"{parts.scheme}://{parts.netloc}")
-    if origin not in allowed:
-        raise ForbiddenError(f"forms are accepted from this site only, not from {origin}")
 
 
 # ----------------------------------------------------------------- one job
 
 
 async def _job(request: web.Request) -> JobRecord:
-    services = request.app[SERVICES]
-    return await services.jobs.get(request.match_info["job_id"], owner_of(request))
+    """The owner's job; an anonymous one for anyone with its URL (to look at only)."""
+    return await job_of(request)
 
 
 def _signature(job: JobRecord) -> str:
@@ -310,16 +239,19 @@ async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
         for r in (job.results if completed else [])
     ]
     uws = f"{root}{ASYNC_PATH}/{job.job_id}"
+    mine = may_change(job, owner_of(request))
     return {
         "job": job,
         "phase": job.phase.value,
         "final": job.phase in FINAL,
-        "can_run": job.phase in (Phase.PENDING, Phase.HELD),
-        "can_abort": job.phase in (*ACTIVE, Phase.HELD, Phase.SUSPENDED),
+        # offered to whoever may change the job (others may hold its URL to look at it)
+        "can_change": mine,
+        "can_run": mine and job.phase in (Phase.PENDING, Phase.HELD),
+        "can_abort": mine and job.phase in (*ACTIVE, Phase.HELD, Phase.SUSPENDED),
         "target": (job.plan or {}).get("target") or ", ".join(job.parameter("TARGET")),
         "progress": _progress(job.progress),
         "steps": steps,
-        "error": (job.error or {}).get("message"),
+        "error": job.error.message if job.error else None,
         "products": products,
         "previews": [p for p in products if p["preview"]],
         "bundles": [
@@ -361,7 +293,7 @@ async def job_status(request: web.Request) -> web.Response:
             {"id": s.get("job_id"), "task": s.get("task"), "status": s.get("status")}
             for s in job.steps
         ],
-        "error": (job.error or {}).get("message"),
+        "error": job.error.message if job.error else None,
         "signature": _signature(job),
         "uws": f"{root_url(request)}{ASYNC_PATH}/{job.job_id}",
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -18,11 +19,13 @@ from soda_reduce.reduction.cascade import Param
 from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.plan import LEVEL_WORDS
 from soda_reduce.reduction.tasks import Cascade
+from soda_reduce.runtime.archive_boundary import inside
 from soda_reduce.runtime.datalinks import raw_reduction
 from soda_reduce.vo.dali import NotFoundError
 from soda_reduce.web.context import SERVICES
 from soda_reduce.web.datalink import FILES_PATH, RAW_PREVIEWS_PATH
 from soda_reduce.web.pages import SUMMARY_KEYWORDS, html_errors, render, root_url
+from soda_reduce.web.products import public_text
 
 
 @html_errors
@@ -38,6 +41,11 @@ async def raw_page(request: web.Request) -> web.Response:
     if not found:
         raise NotFoundError(f"no raw file {ids[0]!r} in this archive")
     raw = found[0]
+    archive = services.archive_root
+    if archive is not None and await asyncio.to_thread(inside, archive, raw.path) is None:
+        raise NotFoundError(f"no raw file {ids[0]!r} in this archive")  # a link leaving it
+    if raw.problem:  # recorded before problems were redacted at index time
+        raw = replace(raw, problem=public_text(services)(raw.problem))
     pipeline = services.jobs.pipelines.of(raw)
     cascade = pipeline.cascade if pipeline is not None else services.jobs.cascade
     files = await services.jobs.raw_files()

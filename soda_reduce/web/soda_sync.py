@@ -24,25 +24,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
 
 from soda_reduce.pipelines import Pipeline
 from soda_reduce.reduction.plan import PlanRequestError
+from soda_reduce.runtime.archive_boundary import servable
 from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, NoOverlap, cutout_bytes, cutouts_dir
 from soda_reduce.runtime.products import ProductError
 from soda_reduce.runtime.service import ReductionRequest
 from soda_reduce.runtime.step_cache import DONE
+from soda_reduce.runtime.store import StoreUnavailable, is_outage
 from soda_reduce.vo.dali import DaliError, NotFoundError
+from soda_reduce.vo.job_request import check_pairs
 from soda_reduce.vo.soda import (
     MultiValuedParamNotSupported,
     SodaUsageError,
     error_document,
     parse_soda,
 )
-from soda_reduce.web.context import ASYNC_PATH, SERVICES, Services, owner_of, params_of
+from soda_reduce.web.context import ASYNC_PATH, SERVICES, Services, job_of, params_of
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +68,28 @@ def _text(status: int, body: str) -> web.Response:
 
 
 async def soda_sync(request: web.Request) -> web.StreamResponse:
+    error: DaliError
     try:
         return await _sync(request)
     except DaliError as exc:
-        return _text(*error_document(exc))
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path_qs[:300])
-        return _text(*error_document(RuntimeError()))
+        error = exc
+    except Exception as exc:
+        if not is_outage(exc):
+            log.exception("%s %s failed", request.method, request.path_qs[:300])
+            return _text(*error_document(RuntimeError()))
+        log.warning("%s %s: %.200r", request.method, request.path, exc)
+        error = StoreUnavailable()
+    response = _text(*error_document(error))
+    retry = getattr(error, "retry_after", None)
+    if retry is not None:
+        response.headers["Retry-After"] = str(max(1, int(retry)))
+    return response
 
 
 async def _sync(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    pairs = await params_of(request)
-    soda = parse_soda(pairs, sync=True)
+    pairs = check_pairs(await params_of(request), services.jobs.request_limits)
+    soda = await asyncio.to_thread(parse_soda, pairs, sync=True)
     for name in ("TARGET", "RESPONSEFORMAT"):
         count = sum(1 for n, v in pairs if n.upper() == name and v.strip())
         if count > 1:
@@ -88,12 +100,11 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     if not soda.ids:
         raise SodaUsageError("ID is required: the identifier of one product or raw file")
     dataset = await _resolve(services, soda.ids[0])
+    job_request = replace(await services.jobs.parse(pairs), ids=(dataset.id,))
     if dataset.kind == "raw":  # TARGET and recipe parameters, of the file's own pipeline
-        reduction, pipeline = await services.jobs.checked_request(
-            [(n, v) for n, v in pairs if n.upper() != "ID"] + [("ID", dataset.id)]
-        )
+        reduction, pipeline = await services.jobs.checked_request(job_request)
     else:
-        reduction, pipeline = services.jobs.reduction_request(pairs), None
+        reduction, pipeline = services.jobs.reduction_request(job_request), None
     if reduction.target is not None or reduction.parameters:
         if pipeline is None:
             raise SodaUsageError("TARGET and recipe parameters apply to raw IDs only")
@@ -134,8 +145,8 @@ async def _resolve(services: Services, identifier: str) -> Dataset:
     raw = found[0]
     if raw.problem:
         raise SodaUsageError(f"{raw.path} cannot be read: {raw.problem}")
-    path = services.archive_root / raw.path
-    if not path.is_file():
+    path = await asyncio.to_thread(servable, services.archive_root, raw.path)
+    if path is None:  # gone, not FITS, or a link out of the archive
         raise NotFoundError(f"{raw.path} is indexed but no longer in the archive")
     return Dataset(identifier, path, "raw")
 
@@ -206,9 +217,9 @@ async def _cached_reduction(
 
 
 async def get_cutout_result(request: web.Request) -> web.StreamResponse:
-    """A cutout result of an async job (its owner only, like the job itself)."""
+    """A cutout result of an async job (readable as the job itself is)."""
     services = request.app[SERVICES]
-    job = await services.jobs.get(request.match_info["job_id"], owner_of(request))
+    job = await job_of(request)  # the owner's, or an anonymous job by its URL
     name = request.match_info["name"]
     item = next((c for c in job.doc.get("cutouts") or [] if c.get("name") == name), None)
     path = cutouts_dir(services.products.root, job.job_id) / name

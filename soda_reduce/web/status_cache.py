@@ -20,13 +20,22 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-CacheKey = tuple[str, str | None, str]  # job id, owner, base URL
+CacheKey = tuple[str, str | None]  # job id, owner: nothing a client chooses freely
+# rendered documents hold this in place of the service's root URL: it is put in at
+# serving time, so that one entry serves every Host a request may name
+BASE_PLACEHOLDER = "http://soda-reduce-base.invalid"
 
 
 class StatusCache:
-    def __init__(self, ttl_s: float = 1.0, max_entries: int = 10_000) -> None:
+    """Bounded in entries and in bytes; expired entries are dropped as new ones come."""
+
+    def __init__(
+        self, ttl_s: float = 1.0, max_entries: int = 10_000, max_bytes: int = 32 * 1024**2
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
         self._keys: dict[str, set[CacheKey]] = {}
         self._generations: OrderedDict[str, int] = OrderedDict()
@@ -36,6 +45,9 @@ class StatusCache:
     def enabled(self) -> bool:
         return self.ttl_s > 0
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def on_event(self, event: dict[str, Any]) -> None:
         job_id = event.get("job_id")
         if not isinstance(job_id, str):
@@ -44,7 +56,7 @@ class StatusCache:
         while len(self._generations) > 10 * self.max_entries:
             self._generations.popitem(last=False)
         for key in self._keys.pop(job_id, ()):
-            self._entries.pop(key, None)
+            self._drop(key)
 
     def generation(self, job_id: str) -> int:
         return self._generations.get(job_id, 0)
@@ -58,17 +70,30 @@ class StatusCache:
         return entry[1]
 
     def put(self, key: CacheKey, generation: int, body: bytes) -> None:
-        """Store unless the job changed since ``generation`` was read."""
+        """Store unless the job changed since ``generation`` was read, or too large."""
         job_id = key[0]
-        if generation != self.generation(job_id):
+        if generation != self.generation(job_id) or len(body) > self.max_bytes // 16:
             return
-        self._entries[key] = (time.monotonic() + self.ttl_s, body)
-        self._entries.move_to_end(key)
+        self._drop(key)
+        now = time.monotonic()
+        self._entries[key] = (now + self.ttl_s, body)
+        self.bytes += len(body)
         self._keys.setdefault(job_id, set()).add(key)
-        while len(self._entries) > self.max_entries:
-            old, _ = self._entries.popitem(last=False)
-            keys = self._keys.get(old[0])
-            if keys is not None:
-                keys.discard(old)
-                if not keys:
-                    del self._keys[old[0]]
+        # entries are in insertion order with one time-to-live: the oldest expire first
+        while self._entries:
+            old, (expires, _) = next(iter(self._entries.items()))
+            full = len(self._entries) > self.max_entries or self.bytes > self.max_bytes
+            if not full and expires >= now:
+                break
+            self._drop(old)
+
+    def _drop(self, key: CacheKey) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self.bytes -= len(entry[1])
+        keys = self._keys.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._keys[key[0]]

@@ -2,14 +2,15 @@
 
 Each handler: parse (vo) -> act (runtime JobService) -> render (vo). Errors are
 DALI errors raised anywhere below and rendered once by the middleware in
-``web.errors``. The owner comes from ``web.auth``; someone else's job is a 404.
+``web.errors``. The owner comes from ``web.middleware``; who may read or change a job is
+``context.job_of`` (someone else's job is a 404, an anonymous job readable by its URL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
+from contextlib import suppress
 
 from aiohttp import web
 
@@ -21,6 +22,7 @@ from soda_reduce.vo.dali import (
     case_insensitive_params,
     single,
 )
+from soda_reduce.vo.job_request import JobRequest
 from soda_reduce.vo.results import PRODUCTS_MEDIA_TYPE, render_products_votable
 from soda_reduce.vo.uws import (
     ACTIVE,
@@ -42,14 +44,20 @@ from soda_reduce.vo.uws import (
 )
 from soda_reduce.web.context import (
     ASYNC_PATH,
+    BASE_OVERRIDE,
     SERVICES,
     base_url,
+    check_creation_rate,
     job_info_elements,
+    job_of,
+    job_request_of,
     job_url,
     owner_of,
     params_of,
     product_rows,
+    public_owner,
 )
+from soda_reduce.web.status_cache import BASE_PLACEHOLDER
 
 SAFETY_POLL_S = 5.0  # WAIT re-reads the job this often even if no event arrives
 
@@ -67,8 +75,7 @@ def _see_other(location: str) -> web.Response:
 
 
 async def _job(request: web.Request) -> JobRecord:
-    services = request.app[SERVICES]
-    return await services.jobs.get(request.match_info["job_id"], owner_of(request))
+    return await job_of(request)  # the owner's; an anonymous job's URL also lets anyone read
 
 
 def results_of(request: web.Request, job: JobRecord) -> list[Result]:
@@ -101,15 +108,13 @@ def results_of(request: web.Request, job: JobRecord) -> list[Result]:
 def summary_of(request: web.Request, job: JobRecord) -> JobSummary:
     error = None
     if job.error:
-        error = ErrorSummary(
-            job.error.get("message") or "failed", job.error.get("type", "fatal"), has_detail=True
-        )
+        error = ErrorSummary(job.error.message, job.error.kind, has_detail=True)
     return JobSummary(
         job_id=job.job_id,
         phase=job.phase,
         creation_time=job.creation_time,
         run_id=job.run_id,
-        owner_id=job.owner,
+        owner_id=public_owner(job.owner),
         quote=job.doc.get("quote"),
         start_time=job.start_time,
         end_time=job.end_time,
@@ -139,7 +144,7 @@ async def job_list(request: web.Request) -> web.Response:
             phase=Phase(row["phase"]),
             href=f"{root}{ASYNC_PATH}/{row['job_id']}",
             run_id=row.get("run_id"),
-            owner_id=row.get("owner"),
+            owner_id=public_owner(row.get("owner")),
             creation_time=row.get("creation_time"),
         )
         for row in rows
@@ -149,8 +154,9 @@ async def job_list(request: web.Request) -> web.Response:
 
 async def create_job(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    pairs = await params_of(request)
-    job = await services.jobs.create(owner_of(request), pairs)
+    job_request, _ = await job_request_of(request)
+    check_creation_rate(request)
+    job = await services.jobs.create(owner_of(request), job_request)
     return _see_other(job_url(request, job.job_id))
 
 
@@ -158,18 +164,25 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
+    started = time.monotonic()  # a WAIT's cap counts from here, store reads included
     services = request.app[SERVICES]
     query = case_insensitive_params(request.query.items())
     wait, expected = single(query, "WAIT"), single(query, "PHASE")
     cache = services.status_cache
     if wait is None and cache.enabled and services.events.reliable:
-        key = (request.match_info["job_id"], owner_of(request), base_url(request))
+        root = base_url(request)  # checked before anything is read
+        key = (request.match_info["job_id"], owner_of(request))
         body = cache.get(key)
         if body is None:
             generation = cache.generation(key[0])
-            body = render_job(summary_of(request, await _job(request)))
+            job = await _job(request)
+            request[BASE_OVERRIDE] = BASE_PLACEHOLDER
+            try:
+                body = render_job(summary_of(request, job))
+            finally:
+                del request[BASE_OVERRIDE]
             cache.put(key, generation, body)
-        return _xml(body)
+        return _xml(body.replace(BASE_PLACEHOLDER.encode(), root.encode()))
     job = await _job(request)
     if wait is not None:
         try:
@@ -185,7 +198,7 @@ async def get_job(request: web.Request) -> web.Response:
             expected_phase = None
         cap = services.wait_cap_s
         limit = cap if seconds < 0 else min(float(seconds), cap)
-        job = await _wait(request, job, expected_phase, limit)
+        job = await _wait(request, job, expected_phase, limit - (time.monotonic() - started))
     return _xml(render_job(summary_of(request, job)))
 
 
@@ -198,21 +211,27 @@ async def _wait(
     then in case an event was lost.
     """
     services = request.app[SERVICES]
+    limit = max(0.0, limit)
     deadline = time.monotonic() + limit
     start_phase = job.phase
-    async with services.events.watch(job.job_id) as watch:
-        job = await _job(request)  # read after registering: no change can slip between
-        while job.phase in ACTIVE and (expected is None or job.phase == expected):
-            if job.phase != start_phase:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or services.stopping:
-                break
-            event = await watch.wait(min(remaining, SAFETY_POLL_S))
-            job = await _job(request)
-            if event is not None and event.get("shutdown"):
-                break
-    return job
+    job_id, owner = job.job_id, job.owner  # the caller may read it (checked by _job)
+    del job  # a waiting request holds a phase, not a whole job document
+    phases = services.jobs.jobs
+    with suppress(TimeoutError):
+        async with asyncio.timeout(limit), services.events.watch(job_id) as watch:
+            # read after registering: no change can slip between
+            phase = await phases.phase(job_id, owner)
+            while phase in ACTIVE and (expected is None or phase == expected):
+                if phase != start_phase:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or services.stopping:
+                    break
+                event = await watch.wait(min(remaining, SAFETY_POLL_S))
+                phase = await phases.phase(job_id, owner)
+                if event is not None and event.get("shutdown"):
+                    break
+    return await _job(request)
 
 
 async def post_job(request: web.Request) -> web.Response:
@@ -224,17 +243,19 @@ async def post_job(request: web.Request) -> web.Response:
     if action is not None:
         if action.strip().upper() != "DELETE":
             raise UsageError("ACTION must be DELETE")
-        await services.jobs.delete(job.job_id, owner_of(request))
+        await services.jobs.delete(job.job_id, job.owner)
         return _see_other(f"{base_url(request)}{ASYNC_PATH}?PHASE=PENDING&LAST=1")
     if not pairs:
         raise UsageError("POST to a job needs ACTION=DELETE or parameters to change")
-    await services.jobs.set_parameters(job, pairs)
+    change, _ = await job_request_of(request, pairs)
+    await services.jobs.set_parameters(job, change, [n for n, _ in pairs])
     return _see_other(job_url(request, job.job_id))
 
 
 async def delete_job(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    await services.jobs.delete(request.match_info["job_id"], owner_of(request))
+    job = await _job(request)  # the caller may change it: deleted as its owner's
+    await services.jobs.delete(job.job_id, job.owner)
     # a cheap list to land on (pyvo does not follow it, browsers do)
     return _see_other(f"{base_url(request)}{ASYNC_PATH}?PHASE=PENDING&LAST=1")
 
@@ -243,19 +264,19 @@ async def get_phase(request: web.Request) -> web.Response:
     return _text((await _job(request)).phase.value)
 
 
-async def _control(
-    request: web.Request, name: str
-) -> tuple[int | None, datetime | None, Phase | None]:
-    """(executionDuration, destruction, phase) parsed by the job service; ``name`` once."""
-    grouped = case_insensitive_params(await params_of(request))
-    if len(grouped.get(name, [])) != 1:
+async def _control(request: web.Request, name: str) -> JobRequest:
+    """The request of a POST to one of a job's control resources: ``name`` once."""
+    pairs = await params_of(request)
+    if sum(1 for n, _ in pairs if n.upper() == name) != 1:
         raise UsageError(f"{name} must be given exactly once")
-    return request.app[SERVICES].jobs.control_values({name: grouped[name]})
+    parsed, _ = await job_request_of(request, [(n, v) for n, v in pairs if n.upper() == name])
+    return parsed
 
 
 async def post_phase(request: web.Request) -> web.Response:
-    _, _, target = await _control(request, "PHASE")
+    target = (await _control(request, "PHASE")).phase
     job = await _job(request)
+    assert target is not None
     await request.app[SERVICES].jobs.change_phase(job, target)
     return _see_other(job_url(request, job.job_id))
 
@@ -265,8 +286,9 @@ async def get_execution_duration(request: web.Request) -> web.Response:
 
 
 async def post_execution_duration(request: web.Request) -> web.Response:
-    seconds, _, _ = await _control(request, "EXECUTIONDURATION")
+    seconds = (await _control(request, "EXECUTIONDURATION")).execution_duration
     job = await _job(request)
+    assert seconds is not None
     await request.app[SERVICES].jobs.set_execution_duration(job, seconds)
     return _see_other(job_url(request, job.job_id))
 
@@ -277,8 +299,9 @@ async def get_destruction(request: web.Request) -> web.Response:
 
 
 async def post_destruction(request: web.Request) -> web.Response:
-    _, when, _ = await _control(request, "DESTRUCTION")
+    when = (await _control(request, "DESTRUCTION")).destruction
     job = await _job(request)
+    assert when is not None
     await request.app[SERVICES].jobs.set_destruction(job, when)
     return _see_other(job_url(request, job.job_id))
 
@@ -287,7 +310,7 @@ async def get_error(request: web.Request) -> web.Response:
     job = await _job(request)
     if not job.error:
         raise ForbiddenError(f"the job has no error (phase {job.phase.value})")
-    body = render_error_summary(ErrorSummary(job.error.get("message") or "failed"))
+    body = render_error_summary(ErrorSummary(job.error.message, job.error.kind))
     return web.Response(body=body, content_type=VOTABLE_MEDIA_TYPE)
 
 
@@ -297,7 +320,7 @@ async def get_quote(request: web.Request) -> web.Response:
 
 
 async def get_owner(request: web.Request) -> web.Response:
-    return _text((await _job(request)).owner or "")
+    return _text(public_owner((await _job(request)).owner) or "")
 
 
 async def get_results(request: web.Request) -> web.Response:
@@ -313,7 +336,8 @@ async def get_parameters(request: web.Request) -> web.Response:
 async def post_parameters(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     job = await _job(request)
-    await services.jobs.set_parameters(job, await params_of(request))
+    change, pairs = await job_request_of(request)
+    await services.jobs.set_parameters(job, change, [n for n, _ in pairs])
     return _see_other(job_url(request, job.job_id))
 
 

@@ -28,6 +28,7 @@ from aiohttp import web
 
 import soda_reduce
 from soda_reduce.config import Settings
+from soda_reduce.runtime.store import is_outage
 from soda_reduce.vo.dali import FatalError
 from soda_reduce.vo.vosi import (
     CheckResult,
@@ -65,8 +66,19 @@ def _settings(services: Services) -> Settings:
 
 
 async def _store(services: Services) -> str:
-    await services.jobs.store.ping()
-    return "answers"
+    """What the embedded store's supervisor knows first (a dead store is not pinged for the
+    whole server-selection timeout), then a ping."""
+    store = services.jobs.store
+    health = store.health
+    if not health.up:
+        raise CheckFailed(health.note)
+    try:
+        await store.ping()
+    except Exception as exc:
+        if is_outage(exc):
+            raise CheckFailed("the store does not answer") from None
+        raise
+    return f"answers (restarted {health.restarts} times)" if health.restarts else "answers"
 
 
 async def _broker(services: Services) -> str:
@@ -207,7 +219,11 @@ async def _disk(services: Services) -> str:
 
 
 class AvailabilityMonitor:
-    """Runs the checks at most every `cache_s`; concurrent requests share one run."""
+    """Runs the checks at most every `cache_s`; concurrent requests share one run.
+
+    A change of the store's health (its supervisor saw it die or come back) makes the
+    cached report stale at once.
+    """
 
     def __init__(
         self,
@@ -222,6 +238,7 @@ class AvailabilityMonitor:
         self.up_since = datetime.now(UTC)
         self.runs = 0  # how many times the checks really ran (tests, debugging)
         self._report: tuple[float, list[CheckResult]] | None = None
+        self._health_version = self._store_health_version()
         self._executor: tuple[float, CheckResult] | None = None
         self._lock = asyncio.Lock()
 
@@ -235,11 +252,17 @@ class AvailabilityMonitor:
             "pipelines": lambda: _pipelines(services),
         }
 
+    def _store_health_version(self) -> int:
+        return self.services.jobs.store.health.version
+
     async def report(self) -> list[CheckResult]:
         async with self._lock:
             now = time.monotonic()
-            if self._report is not None and now - self._report[0] < self.cache_s:
-                return self._report[1]
+            version = self._store_health_version()
+            cached = self._report
+            if cached and now - cached[0] < self.cache_s and version == self._health_version:
+                return cached[1]
+            self._health_version = version
             self.runs += 1
             results = await asyncio.gather(*(self._run(n, c) for n, c in self.checks().items()))
             self._report = (time.monotonic(), list(results))

@@ -27,7 +27,7 @@ from soda_reduce.runtime.indexer import index_archive
 from soda_reduce.runtime.runner import RunnerConfig
 from soda_reduce.runtime.store import Store
 from soda_reduce.runtime.worker import WorkerConfig
-from soda_reduce.web.app import ServiceState, build_app
+from soda_reduce.web.app import ServiceState, build_app, server_options
 from soda_reduce.web.context import Services
 from soda_reduce.web.middleware import AuthConfig
 
@@ -108,7 +108,9 @@ async def uws_service(
         services = Services.from_runtime(runtime, archive)
         state = ServiceState(store, runtime.service.pipelines, str(archive))
         app = build_app(state, services, auth)
-        client = TestClient(TestServer(app))
+        server = TestServer(app)
+        await server.start_server(**server_options(settings))  # the server's own limits
+        client = TestClient(server)
         await client.start_server()
         try:
             complete, incomplete = await pick_ids(store)

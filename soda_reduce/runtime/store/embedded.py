@@ -97,6 +97,11 @@ class EmbeddedMongo:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The server process (running or exited), None before start and after stop."""
+        return self._process
+
     async def start(self) -> EmbeddedMongo:
         """Start the server and wait until it answers ``ping``."""
         if self.running:
@@ -117,6 +122,20 @@ class EmbeddedMongo:
                 if fixed_port or not died or attempt == START_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
+
+    async def restart(self) -> EmbeddedMongo:
+        """Start again after the process exited, on the same port: clients keep their URL
+        and their connection pools reconnect by themselves."""
+        if self.running:
+            return self
+        if self.port is None:
+            raise EmbeddedMongoError("the embedded store was never started")
+        self._process = None
+        fixed, self._fixed_port = self._fixed_port, True
+        try:
+            return await self.start()
+        finally:
+            self._fixed_port = fixed
 
     def _spawn(self) -> None:
         command = [

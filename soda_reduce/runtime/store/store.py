@@ -18,7 +18,12 @@ queries follow SecantusDB's costs (measured; listed in the project's docs):
 - inserts are ~3x cheaper than upserts, so new documents are inserted and only
   those that already exist are replaced;
 - ``find_one_and_update`` scans the whole collection: never use it (phase
-  changes are ``update_one`` with the expected state in the filter, then ``find_one``).
+  changes are ``update_one`` with the expected state in the filter, then ``find_one``);
+- an acknowledged ``w: 1`` write is lost if the server is killed within ~0.1 s
+  of it, so job documents are written with ``j: true``.
+
+A store that cannot be reached answers within ``timeout_s`` (server selection) with
+`StoreUnavailable` (a 503 at the edge, `errors.py`), not after PyMongo's 30 s.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.runtime.store.errors import typed_errors
+from soda_reduce.runtime.store.supervision import StoreHealth
 
 RAW_FILES = "raw_files"
 RAW_LISTING = "raw_listing"  # the "state" document and the saved listing's parts
@@ -49,7 +56,19 @@ INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
         IndexModel([("job_id", ASCENDING)], unique=True, name="job_id_unique"),
         IndexModel([("owner", ASCENDING), ("creation_time", DESCENDING)], name="owner_created"),
+        IndexModel([("owner", ASCENDING), ("phase", ASCENDING)], name="owner_phase"),
         IndexModel([("phase", ASCENDING)], name="phase"),
+        # the sweeper's queries (runtime/sweep_queries.py), one index each
+        IndexModel([("destruction", ASCENDING)], name="destruction"),
+        IndexModel(
+            [("phase", ASCENDING), ("published", ASCENDING), ("queued_time", ASCENDING)],
+            name="phase_published_queued",
+        ),
+        IndexModel(
+            [("phase", ASCENDING), ("published", ASCENDING), ("published_time", ASCENDING)],
+            name="phase_published_sent",
+        ),
+        IndexModel([("phase", ASCENDING), ("lease_until", ASCENDING)], name="phase_lease"),
     ],
     STEPS: [IndexModel([("step_key", ASCENDING)], unique=True, name="step_key_unique")],
     PRODUCTS: [
@@ -58,6 +77,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
 }
 
+DEFAULT_TIMEOUT_S = 2.0  # server selection: how long a call waits for an unreachable store
 IN_CHUNK = 100  # find/delete $in values per query (quadratic on SecantusDB)
 LISTING_PART = 5_000  # listing entries per document
 MATCH_CHUNK = 10_000  # aggregate $match $in values per query (linear; keeps commands small)
@@ -65,6 +85,7 @@ WRITE_BATCH = 1000
 DUPLICATE_KEY = 11000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _STATE_ID = "state"
+VERSION_STEPS = 2  # raw-file version steps per index write (before and after it)
 _SCAN = [{"$project": {"_id": 0, "path": 1, "size": 1, "mtime_ns": 1, "problem": 1}}]
 
 
@@ -116,11 +137,28 @@ class Store:
         self.client = client
         self.db: AsyncDatabase = client[database]
         self._owns_client = owns_client
+        # jobs are acknowledged to clients: journaled, so a crash of the store keeps them
+        self._jobs = self.db.get_collection(JOBS, write_concern=WriteConcern(j=True))
+        self.health = StoreHealth()  # kept up to date by the embedded store's supervisor
 
     @classmethod
-    def connect(cls, url: str, database: str, **client_options: Any) -> Store:
-        """A store with its own client (closed by ``close``)."""
-        options = {"tz_aware": True, **client_options}
+    def connect(
+        cls,
+        url: str,
+        database: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        **client_options: Any,
+    ) -> Store:
+        """A store with its own client (closed by ``close``).
+
+        ``timeout_s`` bounds server selection (a ``serverSelectionTimeoutMS`` in the URL
+        wins): PyMongo's default of 30 s made every request hang while the store was down.
+        """
+        options: dict[str, Any] = {"tz_aware": True}
+        if "serverselectiontimeoutms" not in url.lower():
+            options["serverSelectionTimeoutMS"] = int(timeout_s * 1000)
+        options.update(client_options)
         return cls(AsyncMongoClient(url, **options), database, owns_client=True)
 
     @property
@@ -129,7 +167,7 @@ class Store:
 
     @property
     def jobs(self) -> AsyncCollection:
-        return self.db[JOBS]
+        return self._jobs
 
     @property
     def steps(self) -> AsyncCollection:
@@ -144,6 +182,7 @@ class Store:
         for name, models in INDEXES.items():
             await self.db[name].create_indexes(models)
 
+    @typed_errors
     async def ping(self) -> None:
         await self.db.command("ping")
 
@@ -158,9 +197,12 @@ class Store:
     # -- raw files (the header index) ------------------------------------
     #
     # Every call of upsert_raw_files / delete_raw_files with something to write
-    # increases the raw-file version by exactly one, *before* writing: a saved
-    # listing is trusted only while its version is the current one.
+    # increases the raw-file version by exactly VERSION_STEPS: once before writing
+    # (a saved listing is trusted only while its version is the current one) and once
+    # after (a reader that loaded the index during the write, and cached it under the
+    # first step's version, sees the version move again and reloads).
 
+    @typed_errors
     async def raw_files_version(self) -> int:
         state = await self.db[RAW_LISTING].find_one({"_id": _STATE_ID}, {"version": 1})
         return int(state.get("version", 0)) if state else 0
@@ -172,6 +214,7 @@ class Store:
         except DuplicateKeyError:  # two first writers raced to create the state
             await listing.update_one({"_id": _STATE_ID}, {"$inc": {"version": 1}})
 
+    @typed_errors
     async def raw_listing(self, *, exact: bool = False) -> RawListing:
         """The listing saved by the last scan if still valid, else read from ``raw_files``."""
         state = await self.db[RAW_LISTING].find_one({"_id": _STATE_ID}) or {}
@@ -246,6 +289,7 @@ class Store:
             await listing.delete_many({"generation": generation})
         return saved
 
+    @typed_errors
     async def annotations_fingerprint(self) -> str | None:
         """What the stored claims and overrides were computed with (runtime.claims)."""
         state = await self.db[RAW_LISTING].find_one({"_id": _STATE_ID}, {"annotations": 1})
@@ -272,6 +316,12 @@ class Store:
         if not files:
             return
         await self._bump_version()
+        try:
+            await self._upsert(files)
+        finally:
+            await self._bump_version()
+
+    async def _upsert(self, files: Sequence[RawFile]) -> None:
         for batch in chunks(files, WRITE_BATCH):
             docs = [raw_file_document(raw) for raw in batch]
             again = await self._insert_new(docs)
@@ -301,7 +351,10 @@ class Store:
         if not paths:
             return 0
         await self._bump_version()
-        return await self._delete_paths(paths)
+        try:
+            return await self._delete_paths(paths)
+        finally:
+            await self._bump_version()
 
     async def _delete_paths(self, paths: Iterable[str]) -> int:
         deleted = 0
@@ -310,6 +363,7 @@ class Store:
             deleted += result.deleted_count
         return deleted
 
+    @typed_errors
     async def all_raw_files(self) -> list[RawFile]:
         """Every indexed file, sorted by path (sorted here: cheaper than on the server)."""
         cursor = await self.raw_files.aggregate([], batchSize=10_000)
@@ -317,6 +371,7 @@ class Store:
         files.sort(key=lambda raw: raw.path)
         return files
 
+    @typed_errors
     async def raw_files_by_id(self, ids: Iterable[str]) -> list[RawFile]:
         """The files with these ids, in the order asked; unknown ids are left out."""
         wanted = list(dict.fromkeys(ids))
@@ -332,6 +387,7 @@ class Store:
         listing = await self.raw_listing()
         return sorted((p, s.problem) for p, s in listing.files.items() if s.problem is not None)
 
+    @typed_errors
     async def count_raw_files(self) -> int:
         return await self.raw_files.count_documents({})
 
