@@ -522,6 +522,7 @@ async def insert_jobs(
     """``n`` PENDING jobs of ``owner`` in the shape JobStore.create writes (one typed
     request, parsed once), by insert_many; the seconds taken and the job IDs, oldest first
     (one second apart, the newest a second ago)."""
+    from soda_reduce.runtime.job_lists import JobLists
     from soda_reduce.runtime.jobs import new_job_id, utcnow
     from soda_reduce.vo.job_request import parse_job_request
 
@@ -550,6 +551,8 @@ async def insert_jobs(
         ]
         ids += [doc["job_id"] for doc in docs]
         await store.jobs.insert_many(docs, ordered=False)
+    # as JobStore.create does: the owner's first creation, where oldest-first lists start
+    await JobLists(store).note_creation(owner, now - timedelta(seconds=n))
     return time.perf_counter() - start, ids
 
 

@@ -345,3 +345,27 @@ async def test_job_lists_read_windows_of_creation_time_and_page_with_after(
         page = page[:1]
     assert seen == [d["job_id"] for d in mine]
     assert await jobs.list("nobody", last=10) == []
+
+
+async def test_oldest_first_lists_start_at_the_owners_first_creation(store: Store) -> None:
+    """JobStore.create keeps each owner's first creation time: an oldest-first page
+    starts there, not a year back (so it reads a small window, not every job)."""
+    from soda_reduce.runtime.jobs import JobStore
+
+    jobs = JobStore(store)
+    created = []
+    for n in range(5):
+        job = await jobs.create(
+            "me",
+            parse_job_request([("ID", f"x{n}")]),
+            execution_duration=60,
+            destruction=datetime.now(UTC) + timedelta(days=1),
+        )
+        created.append(job.job_id)
+        await asyncio.sleep(0.003)  # creation times are kept to the millisecond
+    first = await jobs.lists.first_creation("me")
+    assert first is not None and abs((datetime.now(UTC) - first).total_seconds()) < 60
+    assert await jobs.lists.first_creation("other") is None
+    assert [r["job_id"] for r in await jobs.list("me")] == created
+    assert [r["job_id"] for r in await jobs.list("me", last=2)] == created[::-1][:2]
+    assert await jobs.list("other") == []

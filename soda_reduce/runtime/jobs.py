@@ -18,8 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
-
+from soda_reduce.runtime.job_lists import JobLists
 from soda_reduce.runtime.step_cache import retrying
 from soda_reduce.runtime.store import Store
 from soda_reduce.runtime.store.store import IN_CHUNK
@@ -36,13 +35,6 @@ from soda_reduce.runtime.sweep_queries import (
 from soda_reduce.vo.dali import DaliError
 from soda_reduce.vo.job_request import JobRequest, parse_job_request
 from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, can_transition
-
-# a job list never reads plans, steps or results: they can be large
-MAX_LIST = 1000  # rows of one job list; AFTER pages on
-LIST_WINDOW = timedelta(minutes=2)  # the first window of creation time a list reads
-LIST_WINDOWS = 16  # windows, each 4 times the last: from 2 minutes to beyond MAX_JOB_AGE
-MAX_JOB_AGE = timedelta(days=365)  # no job outlives this (destruction is clamped to it)
-LIST_PROJECTION = {"_id": 0, "job_id": 1, "phase": 1, "run_id": 1, "owner": 1, "creation_time": 1}
 
 
 def utcnow() -> datetime:
@@ -158,6 +150,7 @@ class JobStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.jobs = store.jobs
+        self.lists = JobLists(store)
 
     async def create(
         self,
@@ -181,6 +174,7 @@ class JobStore:
             "published": False,
             "version": 0,
         }
+        await self.lists.note_creation(owner, doc["creation_time"])  # before: lists see it
         await retrying(lambda: self.jobs.insert_one(dict(doc)))
         return JobRecord.from_doc(doc)
 
@@ -208,68 +202,11 @@ class JobStore:
         phases: Iterable[Phase] = (),
         after: datetime | None = None,
         last: int | None = None,
+        *,
+        fields: Iterable[str] = (),
     ) -> list[dict[str, Any]]:
-        """Job-list rows, newest first when LAST is given, otherwise oldest first; at most
-        `MAX_LIST` rows either way (a client pages on with AFTER, the last row's time).
-
-        No PHASE filter leaves ARCHIVED jobs out (UWS 1.1 section 2.2.1.1). Rows are read
-        in windows of creation time that widen until enough are found, back to the oldest
-        a job can be (`MAX_JOB_AGE`): SecantusDB sorts every document a filter matches
-        before it limits (an owner with 100,000 jobs cost 6 s per list) and scans the
-        whole collection when the filter names the phase, but it bounds an owner + time
-        range on the ``owner_created`` index. Phases are filtered here.
-        """
-        wanted = {p.value for p in phases}
-        limit = min(last or MAX_LIST, MAX_LIST)
-        newest_first = last is not None
-        edge = utcnow() + timedelta(minutes=1)  # creation times never lie beyond now
-        floor = edge - MAX_JOB_AGE - timedelta(days=1)
-        if after is not None:
-            floor = max(floor, after)
-        rows: list[dict[str, Any]] = []
-        span = LIST_WINDOW
-        start = edge if newest_first else floor
-        for _ in range(LIST_WINDOWS):
-            if (start <= floor) if newest_first else (start >= edge):
-                break
-            if newest_first:
-                window = (max(start - span, floor), start)
-                start = window[0]
-            else:
-                window = (start, min(start + span, edge))
-                start = window[1]
-            needed = limit - len(rows)
-            rows += await self._window(owner, wanted, window, after, newest_first, needed)
-            if len(rows) >= limit:
-                break
-            span = min(span * 4, MAX_JOB_AGE)
-        return rows
-
-    async def _window(
-        self,
-        owner: str | None,
-        wanted: set[str],
-        window: tuple[datetime, datetime],
-        after: datetime | None,
-        newest_first: bool,
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        low, high = window
-        times: dict[str, Any] = {"$gte": low, "$lt": high}
-        if after is not None and low <= after:
-            times = {"$gt": after, "$lt": high}
-        direction = DESCENDING if newest_first else ASCENDING
-        cursor = self.jobs.find({"owner": owner, "creation_time": times}, LIST_PROJECTION).sort(
-            [("creation_time", direction), ("job_id", direction)]
-        )
-        rows = []
-        for row in await retrying(lambda: cursor.clone().to_list()):
-            phase = row.get("phase")
-            if (phase in wanted) if wanted else phase != Phase.ARCHIVED.value:
-                rows.append(row)
-                if len(rows) >= limit:
-                    break
-        return rows
+        """Job-list rows (`runtime/job_lists.py`): newest first with LAST, else oldest first."""
+        return await self.lists.rows(owner, phases, after, last, fields=fields)
 
     async def count_active(self, owner: str | None, up_to: int) -> int:
         """Jobs of ``owner`` not yet final (PENDING, HELD, QUEUED, EXECUTING, SUSPENDED),

@@ -27,7 +27,8 @@ from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.broker import BrokerUnavailable, PlanQueue
 from soda_reduce.runtime.events import JobEvents
-from soda_reduce.runtime.jobs import MAX_JOB_AGE, JobError, JobRecord, JobStore, utcnow
+from soda_reduce.runtime.job_lists import MAX_JOB_AGE
+from soda_reduce.runtime.jobs import JobError, JobRecord, JobStore, utcnow
 from soda_reduce.runtime.store import Store
 from soda_reduce.vo.dali import (
     ForbiddenError,

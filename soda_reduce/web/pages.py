@@ -32,7 +32,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from soda_reduce.runtime.jobs import LIST_PROJECTION, JobRecord
+from soda_reduce.runtime.jobs import JobRecord
 from soda_reduce.runtime.products import LOG_NAME
 from soda_reduce.vo.dali import DaliError
 from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, format_time
@@ -137,12 +137,9 @@ def html_errors(handler: Handler) -> Handler:
 @html_errors
 async def jobs_page(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    query = {"owner": owner_of(request), "phase": {"$ne": Phase.ARCHIVED.value}}
-    projection = {**LIST_PROJECTION, "progress": 1}
-    cursor = services.jobs.jobs.jobs.find(query, projection).sort(
-        [("creation_time", -1), ("job_id", -1)]
+    rows = await services.jobs.jobs.list(
+        owner_of(request), last=JOB_LIST_LIMIT, fields=("progress",)
     )
-    rows = await cursor.limit(JOB_LIST_LIMIT).to_list()
     jobs = [
         {
             "id": row["job_id"],

@@ -1,0 +1,118 @@
+"""Job lists: an owner's jobs by creation time, bounded, on what SecantusDB does well.
+
+SecantusDB sorts every document a filter matches before it applies a limit (an owner
+with 100,000 jobs cost 6 s per list), scans the whole collection when the filter names
+the phase, and reads a whole index even for an index-only sort; but it bounds an owner +
+creation-time range on the ``owner_created`` index. So a list reads windows of creation
+time that widen (x4) until it has enough rows, and filters phases itself: newest first
+from now for LAST, oldest first from the owner's first creation (kept in ``job_owners``
+with ``$min`` at each creation) or from AFTER. Each window stays small because creations
+are rate-limited per caller; no job outlives `MAX_JOB_AGE`, so the windows end there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
+
+from soda_reduce.runtime.step_cache import retrying
+from soda_reduce.runtime.store import Store
+from soda_reduce.vo.uws import Phase
+
+OWNERS = "job_owners"  # _id: the owner (or "" for none), first: its first creation time
+MAX_LIST = 1000  # rows of one job list; AFTER pages on
+LIST_WINDOW = timedelta(minutes=2)  # the first window of creation time a list reads
+LIST_WINDOWS = 16  # windows, each 4 times the last: from 2 minutes to beyond MAX_JOB_AGE
+MAX_JOB_AGE = timedelta(days=365)  # no job outlives this (destruction is clamped to it)
+# a job list never reads plans, steps or results: they can be large
+LIST_PROJECTION = {"_id": 0, "job_id": 1, "phase": 1, "run_id": 1, "owner": 1, "creation_time": 1}
+
+
+def _key(owner: str | None) -> str:
+    return owner or ""
+
+
+class JobLists:
+    def __init__(self, store: Store) -> None:
+        self.jobs = store.jobs
+        self.owners = store.db[OWNERS]
+
+    async def note_creation(self, owner: str | None, when: datetime) -> None:
+        """Keep the owner's first creation time (where an oldest-first list starts)."""
+        update = {"$min": {"first": when}}
+        try:
+            await retrying(lambda: self.owners.update_one({"_id": _key(owner)}, update, True))
+        except DuplicateKeyError:  # two first creations raced to insert: the other won
+            await retrying(lambda: self.owners.update_one({"_id": _key(owner)}, update))
+
+    async def first_creation(self, owner: str | None) -> datetime | None:
+        doc = await retrying(lambda: self.owners.find_one({"_id": _key(owner)}))
+        first = doc.get("first") if doc else None
+        if first is not None and first.tzinfo is None:
+            first = first.replace(tzinfo=UTC)
+        return first
+
+    async def rows(
+        self,
+        owner: str | None,
+        phases: Iterable[Phase] = (),
+        after: datetime | None = None,
+        last: int | None = None,
+        *,
+        fields: Iterable[str] = (),
+    ) -> list[dict[str, Any]]:
+        """At most `MAX_LIST` rows, newest first when LAST is given, otherwise oldest first
+        (a client pages on with AFTER, the last row's time). No PHASE filter leaves
+        ARCHIVED jobs out (UWS 1.1 section 2.2.1.1). ``fields``: more to project."""
+        wanted = {p.value for p in phases}
+        limit = min(last or MAX_LIST, MAX_LIST)
+        newest_first = last is not None
+        edge = datetime.now(UTC) + timedelta(minutes=1)  # creation times never lie beyond
+        floor = edge - MAX_JOB_AGE - timedelta(days=1)
+        if not newest_first:
+            first = await self.first_creation(owner)  # None: jobs from before job_owners
+            if first is not None:
+                floor = max(floor, first - timedelta(seconds=1))
+        if after is not None:
+            floor = max(floor, after)
+        projection = LIST_PROJECTION | dict.fromkeys(fields, 1)
+        rows: list[dict[str, Any]] = []
+        span = LIST_WINDOW
+        start = edge if newest_first else floor
+        for _ in range(LIST_WINDOWS):
+            if (start <= floor) if newest_first else (start >= edge):
+                break
+            if newest_first:
+                window = (max(start - span, floor), start)
+                start = window[0]
+            else:
+                window = (start, min(start + span, edge))
+                start = window[1]
+            query = {"owner": owner, "creation_time": _times(window, after)}
+            found = await self._window(query, projection, newest_first)
+            for row in found:
+                phase = row.get("phase")
+                if (phase in wanted) if wanted else phase != Phase.ARCHIVED.value:
+                    rows.append(row)
+                    if len(rows) >= limit:
+                        return rows
+            span = min(span * 4, MAX_JOB_AGE)
+        return rows
+
+    async def _window(
+        self, query: dict[str, Any], projection: dict[str, Any], newest_first: bool
+    ) -> list[dict[str, Any]]:
+        direction = DESCENDING if newest_first else ASCENDING
+        order = [("creation_time", direction), ("job_id", direction)]
+        return await retrying(lambda: self.jobs.find(query, projection).sort(order).to_list())
+
+
+def _times(window: tuple[datetime, datetime], after: datetime | None) -> dict[str, Any]:
+    low, high = window
+    if after is not None and low <= after:
+        return {"$gt": after, "$lt": high}
+    return {"$gte": low, "$lt": high}
