@@ -3,7 +3,9 @@
 Each file belongs to the pipeline that claims it (recorded by the indexer);
 ``--pipeline NAME`` restricts a command to one. When nothing can be planned
 the commands say how many files each pipeline claimed and classified, list
-the files none claims with the reason, and exit non-zero.
+the files none claims with the reason, and exit non-zero. A plan with
+incomplete datasets is a failure too (exit 1) unless ``--allow-incomplete``
+accepts it; ``reduce`` then runs the complete ones.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from soda_reduce.cli_checks import EXIT_FAILURE, EXIT_USAGE, CommandError, pairs
 from soda_reduce.config import Settings
 from soda_reduce.pipelines import Pipeline, PipelineError, Registry, registry
 from soda_reduce.reduction.graph import plan_dot
@@ -27,16 +28,19 @@ from soda_reduce.reduction.report import format_plan
 from soda_reduce.runtime.archive_plans import pipelines_for_ids, plan_with, summarise
 from soda_reduce.runtime.render import write_graph
 
-EXIT_NOTHING = 1  # nothing could be planned or reduced
-EXIT_USAGE = 2
+EXIT_NOTHING = EXIT_FAILURE  # nothing could be planned or reduced
+MAX_REASONS = 20  # incomplete datasets listed on stderr, at most
+
+__all__ = ["EXIT_USAGE", "CommandError", "run"]
 
 
-class CommandError(Exception):
-    """A one-line error for the user, with the exit status."""
-
-    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.status = status
+def run(name: str, settings: Settings, args: argparse.Namespace, progress: Any, shared: Any) -> int:
+    """Run ``index``, ``plan`` or ``reduce``; ``shared`` is the store hold taken early."""
+    if name == "index":
+        return cmd_index(settings, args, progress, shared)
+    if name == "plan":
+        return cmd_plan(settings, args, progress, shared)
+    return asyncio.run(reduce_archive(settings, args, shared))
 
 
 def loaded_registry(only: str | None) -> Registry:
@@ -52,11 +56,11 @@ def loaded_registry(only: str | None) -> Registry:
 
 
 async def indexed_files(
-    settings: Settings, archive: Path, found: Registry, progress: Any = None
+    settings: Settings, archive: Path, found: Registry, progress: Any = None, shared: Any = None
 ) -> tuple[list[RawFile], Any]:
     from soda_reduce.runtime.store import open_store
 
-    async with open_store(settings) as store:
+    async with open_store(settings, shared=shared) as store:
         return await index_into(store, settings, archive, found, progress)
 
 
@@ -73,10 +77,10 @@ async def index_into(
     return await store.all_raw_files(), report
 
 
-def cmd_index(settings: Settings, args: argparse.Namespace, progress: Any) -> int:
+def cmd_index(settings: Settings, args: argparse.Namespace, progress: Any, shared: Any) -> int:
     found = loaded_registry(args.pipeline)
     archive = Path(args.archive).resolve()
-    files, report = asyncio.run(indexed_files(settings, archive, found, progress))
+    files, report = asyncio.run(indexed_files(settings, archive, found, progress, shared))
     summary, frames = summarise(found, files, args.pipeline)
     by_path = {f.raw.path: (name, f) for name, items in frames.items() for f in items}
     rows = []
@@ -118,8 +122,7 @@ def cmd_index(settings: Settings, args: argparse.Namespace, progress: Any) -> in
     else:
         _print_index(rows, summary, report)
     if not summary.classified:
-        print(_nothing_message(summary), file=sys.stderr)
-        return EXIT_NOTHING
+        raise _nothing(summary, archive)
     return 0
 
 
@@ -148,27 +151,22 @@ def _print_index(rows: list[dict[str, Any]], summary: Any, report: Any) -> None:
     )
 
 
-def _nothing_message(summary: Any) -> str:
-    lines = ["error: nothing can be planned:"] + [f"  {line}" for line in summary.lines()]
-    return "\n".join(lines)
-
-
-def parse_pairs(items: Any, what: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise CommandError(f"{what} must be NAME=VALUE, got {item!r}")
-        name, value = item.split("=", 1)
-        pairs[name.strip()] = value.strip()
-    return pairs
+def _nothing(summary: Any, archive: Path) -> CommandError:
+    if not summary.total:
+        return CommandError(
+            f"no FITS files under {archive} (.fits, .fit, .fts, also .gz or .fz; "
+            "folders starting with . or _ are skipped)",
+            EXIT_NOTHING,
+        )
+    return CommandError("nothing can be planned", EXIT_NOTHING, details=summary.lines())
 
 
 def plans_for(
     settings: Settings, args: argparse.Namespace, found: Registry, files: list[RawFile]
 ) -> list[tuple[Pipeline, ReductionPlan]]:
     """The plan of each pipeline the request concerns; CommandError when there is none."""
-    where = parse_pairs(args.where, "--where")
-    parameters = parse_pairs(args.param, "--param")
+    where = pairs(args.where, "--where")
+    parameters = pairs(args.param, "--param")
     ids = args.id or ()
     try:
         if args.pipeline:
@@ -179,10 +177,10 @@ def plans_for(
             claimed = {raw.pipeline for raw in files if raw.pipeline}
             chosen = [p for p in found.selected(None) if p.name in claimed]
     except (PlanRequestError, PipelineError) as exc:
-        raise CommandError(f"error: {exc}") from None
+        raise CommandError(str(exc)) from None
     summary, _ = summarise(found, files, args.pipeline)
     if not chosen or not summary.classified:
-        raise CommandError(_nothing_message(summary), EXIT_NOTHING)
+        raise _nothing(summary, Path(args.archive))
     static_root = settings.static_root(Path(args.archive).resolve())
     plans = []
     for pipeline in chosen:
@@ -203,40 +201,59 @@ def plans_for(
                 parameters=parameters,
             )
         except PlanRequestError as exc:
-            raise CommandError(f"error: {pipeline.name}: {exc}") from None
+            raise CommandError(f"{pipeline.name}: {exc}") from None
         plans.append((pipeline, plan))
     if not plans:
-        raise CommandError(f"error: no pipeline has a target {args.target!r}")
+        raise CommandError(f"no pipeline has a target {args.target!r}")
     return plans
 
 
-def nothing_reducible(plans: list[tuple[Pipeline, ReductionPlan]]) -> str | None:
-    """Why no dataset of any plan can run, or None when something can."""
-    if any(d.complete for _, plan in plans for d in plan.datasets):
-        return None
-    if not any(plan.datasets for _, plan in plans):
-        targets = ", ".join(f"{p.name}:{plan.target}" for p, plan in plans)
-        return f"error: nothing to reduce: no dataset for {targets} in this selection"
-    reasons = [
-        f"  {p.name}: {d.label}: {'; '.join(d.reasons)}"
+def incomplete_datasets(plans: list[tuple[Pipeline, ReductionPlan]]) -> list[str]:
+    """``pipeline: dataset: reasons`` for every dataset that cannot be reduced."""
+    return [
+        f"{p.name}: {d.label}: {'; '.join(d.reasons)}"
         for p, plan in plans
-        for d in plan.datasets[:20]
+        for d in plan.datasets
+        if not d.complete
     ]
-    return "error: no dataset can be reduced:\n" + "\n".join(reasons)
 
 
-def cmd_plan(settings: Settings, args: argparse.Namespace, progress: Any) -> int:
+def check_plans(
+    plans: list[tuple[Pipeline, ReductionPlan]], allow_incomplete: bool, list_reasons: bool
+) -> None:
+    """Raise unless the plans can be run as asked: something complete, and everything
+    complete unless a partial plan is accepted."""
+    total = sum(len(plan.datasets) for _, plan in plans)
+    if not total:
+        targets = ", ".join(f"{p.name}:{plan.target}" for p, plan in plans)
+        raise CommandError(f"nothing to reduce: no dataset for {targets} in this selection", 1)
+    missing = incomplete_datasets(plans)
+    shown = [f"  incomplete: {line}" for line in missing[:MAX_REASONS]]
+    if len(missing) > MAX_REASONS:
+        shown.append(f"  ... and {len(missing) - MAX_REASONS} more")
+    if len(missing) == total:
+        raise CommandError(f"none of the {total} datasets can be reduced", 1, details=shown)
+    if missing and not allow_incomplete:
+        raise CommandError(
+            f"{len(missing)} of {total} datasets are incomplete; --allow-incomplete accepts "
+            "a partial plan",
+            1,
+            details=shown if list_reasons else (),
+        )
+    if missing and list_reasons:
+        print("\n".join(line.strip() for line in shown), file=sys.stderr)
+
+
+def cmd_plan(settings: Settings, args: argparse.Namespace, progress: Any, shared: Any) -> int:
     found = loaded_registry(args.pipeline)
     archive = Path(args.archive).resolve()
-    files, _ = asyncio.run(indexed_files(settings, archive, found, progress))
+    files, _ = asyncio.run(indexed_files(settings, archive, found, progress, shared))
     plans = plans_for(settings, args, found, files)
     if args.graph:
         for pipeline, plan in plans:
             path = Path(args.graph)
             if len(plans) > 1:
                 path = path.with_name(f"{path.stem}-{pipeline.name}{path.suffix}")
-            if not path.parent.is_dir():
-                raise CommandError(f"error: --graph: no folder {path.parent}")
             written = write_graph(plan_dot(plan), path)
             print(f"plan graph written to {written}", file=sys.stderr)
     if args.json:
@@ -249,133 +266,24 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, progress: Any) -> int
             if len(plans) > 1:
                 print(f"== pipeline {pipeline.name} ==")
             print(format_plan(plan, verbose=args.verbose), end="")
-    why = nothing_reducible(plans)
-    if why is not None:
-        print(why, file=sys.stderr)
-        return EXIT_NOTHING
+    sys.stdout.flush()
+    # the text report lists the reasons already; JSON on stdout needs them on stderr
+    check_plans(plans, args.allow_incomplete, list_reasons=args.json)
     return 0
 
 
-async def reduce_archive(settings: Settings, args: argparse.Namespace) -> int:
+async def reduce_archive(settings: Settings, args: argparse.Namespace, shared: Any) -> int:
+    from soda_reduce.cli_reduce import report, run_plans
     from soda_reduce.runtime.products import ProductStore
     from soda_reduce.runtime.store import open_store
 
     found = loaded_registry(args.pipeline)
     archive = Path(args.archive).resolve()
-    out = Path(args.out).resolve()
-    if not out.parent.is_dir():
-        raise CommandError(f"error: --out: no folder {out.parent}")
-    async with open_store(settings) as store:  # once: starting the embedded store costs
+    out = Path(args.out)
+    products = ProductStore(settings.products_root)
+    async with open_store(settings, shared=shared) as store:  # once: starting it costs
         files, _ = await index_into(store, settings, archive, found)
         plans = plans_for(settings, args, found, files)
-        for _, plan in plans:
-            for dataset in plan.datasets:
-                if not dataset.complete:
-                    reasons = "; ".join(dataset.reasons)
-                    print(f"not reduced: {dataset.label}: {reasons}", file=sys.stderr)
-        why = nothing_reducible(plans)
-        if why is not None:
-            print(why, file=sys.stderr)
-            return EXIT_NOTHING
-        outcomes = await _run_plans(store, plans, args, archive, out)
-    return _report(outcomes, ProductStore(out), out)
-
-
-async def _run_plans(
-    store: Any,
-    plans: list[tuple[Pipeline, ReductionPlan]],
-    args: argparse.Namespace,
-    archive: Path,
-    out: Path,
-) -> list[tuple[ReductionPlan, Any]]:
-    from soda_reduce.runtime.executors.local import LocalExecutor
-    from soda_reduce.runtime.products import ProductStore
-    from soda_reduce.runtime.runner import PlanRunner, RunnerConfig
-
-    show = sys.stderr.isatty()
-    total = sum(len(plan.runnable_jobs()) for _, plan in plans)
-    bar = tqdm(total=total, desc="steps", unit="step", file=sys.stderr, disable=not show)
-    offset = 0
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event["type"] == "progress":
-            bar.n = offset + event["done"] + event["failed"]
-            bar.set_postfix_str(", ".join(event["running"])[:60])
-            bar.refresh()
-
-    if args.executor == "kubernetes":
-        from soda_reduce.runtime.executors.kubernetes import KubernetesConfig, KubernetesExecutor
-
-        executor: Any = KubernetesExecutor(KubernetesConfig.from_env())
-    else:
-        executor = LocalExecutor(concurrency=args.jobs)
-    products = ProductStore(out)
-    outcomes = []
-    try:
-        for pipeline, plan in plans:
-            runner = PlanRunner(
-                store,
-                executor,
-                products,
-                archive,
-                config=RunnerConfig(max_attempts=args.max_attempts, rerun=args.rerun),
-                on_event=on_event,
-                pipeline=pipeline.name,
-            )
-            outcome = await runner.run(plan)
-            outcomes.append((plan, outcome))
-            offset += len(plan.runnable_jobs())
-    finally:
-        bar.close()
-        await executor.close()
-    return outcomes
-
-
-def _report(outcomes: list[tuple[ReductionPlan, Any]], products: Any, out: Path) -> int:
-    from soda_reduce.runtime.products import main_product
-
-    results = []
-    for plan, outcome in outcomes:
-        for dataset in plan.datasets:
-            job = plan.job(dataset.target_job)
-            state = outcome.jobs.get(job.job_id)
-            entry: dict[str, Any] = {
-                "pipeline": plan.cascade,
-                "dataset": dataset.label,
-                "complete": dataset.complete,
-            }
-            if state is not None:
-                entry.update(status=state.status, step_key=job.step_key, error=state.error)
-                if state.status in ("done", "cached") and job.step_key:
-                    entry["directory"] = str(products.step_dir(job.step_key))
-                    main = main_product(products, job.step_key, dataset.main_inputs)
-                    entry["main_product"] = str(main) if main else None
-            results.append(entry)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    count = {s: sum(o.count(s) for _, o in outcomes) for s in ("cached", "done", "failed")}
-    skipped = sum(o.count("skipped") for _, o in outcomes)
-    steps = sum(len(p.runnable_jobs()) for p, _ in outcomes)
-    wall = sum(o.wall_seconds for _, o in outcomes)
-    print(
-        f"{steps} steps in {wall:.1f} s: {count['done']} computed, {count['cached']} reused "
-        f"from the cache, {count['failed']} failed, {skipped} skipped"
-    )
-    if steps and count["cached"] == steps:
-        print("all steps were cache hits: nothing was recomputed")
-    for entry in results:
-        where = entry.get("main_product") or entry.get("directory") or entry.get("error")
-        print(
-            f"  {entry['dataset']}: {entry.get('status', 'incomplete')}  {where or 'not reduced'}"
-        )
-    print(f"results: {out / 'results.json'}")
-    return 0 if all(o.ok for _, o in outcomes) else 1
-
-
-def run_command(command: Any, settings: Settings, args: argparse.Namespace) -> int:
-    """Run an archive command; CommandError becomes its message and exit status."""
-    try:
-        return command(settings, args)
-    except CommandError as exc:
-        message = str(exc)
-        print(message if message.startswith("error:") else f"error: {message}", file=sys.stderr)
-        return exc.status
+        check_plans(plans, args.allow_incomplete, list_reasons=True)
+        outcomes = await run_plans(store, plans, args, archive, products)
+    return report(outcomes, products, out)

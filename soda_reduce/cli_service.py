@@ -14,11 +14,13 @@ shutdown overruns; a second signal ends it at once.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -26,7 +28,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from soda_reduce.config import Settings
+from soda_reduce.cli_checks import CommandError
+from soda_reduce.config import DEMO_ARCHIVE, Settings
 from soda_reduce.runtime.host import open_runtime
 from soda_reduce.runtime.indexer import index_with_claims
 from soda_reduce.runtime.store import Store, StoreHealth, open_store
@@ -35,16 +38,15 @@ from soda_reduce.web.context import Services
 from soda_reduce.web.middleware import AuthConfig
 
 
-async def _archive(settings: Settings, generate: bool) -> Path:
+async def _archive(settings: Settings) -> Path:
+    """The archive root; without one (``serve`` only: the command line checks), the demo
+    archive, generated in the data directory on first start."""
     archive = settings.archive_dir
     if archive is not None:
         return archive
-    if not generate:
-        print("error: set --archive or SODA_REDUCE_ARCHIVE", file=sys.stderr)
-        raise SystemExit(2)
     from soda_reduce.pipelines.ccd.demo import generate_demo_archive
 
-    archive = settings.data_dir / "demo-archive"
+    archive = settings.data_dir / DEMO_ARCHIVE
     if not (archive / "_truth" / "manifest.json").exists():
         print(f"no --archive given: generating the demo archive in {archive}", flush=True)
         await asyncio.to_thread(generate_demo_archive, archive)
@@ -133,19 +135,23 @@ class Shutdown:
 async def run_service(
     settings: Settings,
     *,
-    host: str,
-    port: int,
+    listener: socket.socket | None,
     pipeline: str,
     api: bool,
     worker: bool,
-    generate_demo: bool,
 ) -> int:
-    """Run until a signal; the exit status (1: the embedded store could not be kept up)."""
+    """Run until a signal; the exit status (1: the embedded store could not be kept up).
+
+    ``listener`` is the API's socket, bound by the command line before anything else; the
+    store is opened next (a data directory another service owns is refused at once), then
+    the demo archive is generated if needed, and the archive indexed.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    archive = await _archive(settings, generate_demo)
+    owner = "serve" if api and worker else "api" if api else "worker"
     shutdown = Shutdown()
     try:
-        async with open_store(settings, supervise=True) as store:
+        async with open_store(settings, supervise=True, owner=owner) as store:
+            archive = await _archive(settings)
             if api:
                 await _index(store, settings, archive)
             async with open_runtime(
@@ -165,12 +171,19 @@ async def run_service(
                 options = {"shutdown_timeout": HTTP_SHUTDOWN_S, **server_options(settings)}
                 runner = web.AppRunner(app, access_log=None, **options)
                 await runner.setup()
-                site = web.TCPSite(runner, host, port)
-                await site.start()
+                assert listener is not None
+                try:
+                    await web.SockSite(runner, listener).start()
+                except OSError as exc:  # bound at start, taken since (SO_REUSEADDR): rare
+                    host, port = listener.getsockname()[:2]
+                    why = exc.strerror or str(exc)
+                    raise CommandError(f"cannot listen on {host}:{port}: {why}", 1) from None
+                host, port = listener.getsockname()[:2]
+                url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
                 what = "API + worker" if worker else "API"
                 print(
-                    f"soda-reduce ({what}) serving on http://{host}:{port}/  "
-                    f"jobs: http://{host}:{port}/soda/async  (Ctrl-C to stop)",
+                    f"soda-reduce ({what}) serving on {url}/  "
+                    f"jobs: {url}/soda/async  (Ctrl-C to stop)",
                     flush=True,
                 )
                 try:
@@ -182,16 +195,25 @@ async def run_service(
         shutdown.done()
 
 
-def main(settings: Settings, args, *, api: bool, worker: bool, generate_demo: bool) -> int:
+def main(
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    api: bool,
+    worker: bool,
+    listener: socket.socket | None = None,
+) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return asyncio.run(
-        run_service(
-            settings,
-            host=getattr(args, "host", "127.0.0.1"),
-            port=getattr(args, "port", 0),
-            pipeline=args.pipeline or "ccd",
-            api=api,
-            worker=worker,
-            generate_demo=generate_demo,
+    try:
+        return asyncio.run(
+            run_service(
+                settings,
+                listener=listener,
+                pipeline=args.pipeline or "ccd",
+                api=api,
+                worker=worker,
+            )
         )
-    )
+    finally:
+        if listener is not None:
+            listener.close()

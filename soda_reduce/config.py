@@ -1,14 +1,21 @@
 """Service settings, from the environment (``SODA_REDUCE_*``) with embedded defaults.
 
 Every setting has a default that works on a laptop: no MongoDB URL means the
-embedded store is started as a child process inside ``data_dir``.
+embedded store is started as a child process inside ``data_dir``. The data directory
+does not depend on the working folder: ``SODA_REDUCE_DATA_DIR`` (or ``--data-dir``) names
+it, else it is a per-user folder with one sub-directory per archive root
+(`default_data_dir`), because the header index holds one archive per store.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from soda_reduce.reduction.index_model import DEFAULT_AUTHORITY
 
@@ -24,15 +31,70 @@ def _path(value: str | None) -> Path | None:
     return Path(value).resolve() if value else None
 
 
+def authority_from_base_url(base_url: str | None) -> str | None:
+    """The host name of the public URL, as the default IVOA authority: a DNS name the
+    operator controls. None for no URL, an IP address or a single-label host."""
+    if not base_url:
+        return None
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    return host if "." in host else None
+
+
+DEMO_DATA_DIR = "demo"  # the data directory of `serve` without an archive (its demo archive)
+DEMO_ARCHIVE = "demo-archive"  # the generated demo archive, inside that data directory
+
+
+def data_home() -> Path:
+    """Where per-archive data directories live: ``$XDG_DATA_HOME/soda-reduce``, by default
+    ``~/.local/share/soda-reduce`` (the XDG base directory rule)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "soda-reduce"
+
+
+def archive_slug(archive: Path) -> str:
+    """A readable, unique folder name for an archive root: its name and a short hash of
+    its resolved path (two archives named ``raw`` get two folders)."""
+    resolved = Path(archive).resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", resolved.name).strip("-.")[:40] or "root"
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def default_data_dir(archive: Path | None) -> Path:
+    """The data directory when none is named: one per archive root under `data_home`.
+
+    No archive (``serve`` generating its demo archive) and that demo archive itself share
+    ``demo``, so ``soda-reduce plan --archive .../demo/demo-archive`` uses the store
+    ``serve`` indexed it into.
+    """
+    home = data_home()
+    demo = home / DEMO_DATA_DIR
+    if archive is None or Path(archive).resolve() == (demo / DEMO_ARCHIVE).resolve():
+        return demo
+    return home / archive_slug(archive)
+
+
+def _data_dir(archive: Path | None) -> Path:
+    named = _env("DATA_DIR")
+    return Path(named).resolve() if named else default_data_dir(archive)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the service needs to know; immutable, passed down explicitly."""
 
-    data_dir: Path = field(default_factory=lambda: Path("soda-data").resolve())
+    data_dir: Path = field(default_factory=lambda: default_data_dir(None))
     archive_dir: Path | None = None
     mongo_url: str | None = None
     database: str = "soda_reduce"
     store_timeout_s: float = 2.0  # a store call waits this long for an unreachable store (503)
+    store_linger_s: float = 120.0  # a command's embedded store outlives it this long (0: not)
     authority: str = DEFAULT_AUTHORITY
     checksum_mode: str = "full"
     # queue and execution: no AMQP URL means the in-process queue (embedded mode)
@@ -69,6 +131,9 @@ class Settings:
     contact_name: str = "Archive operations"
     contact_email: str | None = None
     registry_template: Path | None = None  # default: vo_schemas/voresource-template.xml
+    identifier: str | None = None  # of the service record; default ivo://{authority}/soda-reduce
+    publishing_registry: bool = True  # /oai: the publishing registry of the authority
+    oai_page_size: int = 100  # records per OAI-PMH list page before a resumption token
     min_free_bytes: int = 1024**3  # /availability fails below this free on the product store
     # limits of what one caller may ask (docs/operators.md, "Limits")
     max_request_bytes: int = 256 * 1024  # a request body (413 beyond)
@@ -97,12 +162,16 @@ class Settings:
     def from_env(cls) -> Settings:
         archive = _env("ARCHIVE")
         return cls(
-            data_dir=Path(_env("DATA_DIR", "soda-data") or "soda-data").resolve(),
+            data_dir=_data_dir(Path(archive) if archive else None),
             archive_dir=Path(archive).resolve() if archive else None,
             mongo_url=_env("MONGO_URL"),
             database=_env("DATABASE", "soda_reduce") or "soda_reduce",
             store_timeout_s=float(_env("STORE_TIMEOUT_S", "2") or 2),
-            authority=_env("AUTHORITY", DEFAULT_AUTHORITY) or DEFAULT_AUTHORITY,
+            store_linger_s=float(_env("STORE_LINGER_S", "120") or 0),
+            # unset: the public URL's host (docs/operators.md), else the placeholder
+            authority=_env("AUTHORITY")
+            or authority_from_base_url(_env("BASE_URL"))
+            or DEFAULT_AUTHORITY,
             checksum_mode=_env("CHECKSUM", "full") or "full",
             amqp_url=_env("AMQP_URL"),
             amqp_queue=_env("AMQP_QUEUE", "soda_reduce.plans") or "soda_reduce.plans",
@@ -134,6 +203,10 @@ class Settings:
             contact_name=_env("CONTACT_NAME", Settings.contact_name) or Settings.contact_name,
             contact_email=_env("CONTACT_EMAIL"),
             registry_template=_path(_env("REGISTRY_TEMPLATE")),
+            identifier=_env("IDENTIFIER"),
+            publishing_registry=(_env("PUBLISHING_REGISTRY", "true") or "true").lower()
+            in ("1", "true", "yes"),
+            oai_page_size=min(max(int(_env("OAI_PAGE_SIZE", "100") or 100), 1), 1000),
             min_free_bytes=int(_env("MIN_FREE_BYTES", str(1024**3)) or 0),
             max_request_bytes=int(_env("MAX_REQUEST_BYTES", str(256 * 1024)) or 256 * 1024),
             max_active_jobs=int(_env("MAX_ACTIVE_JOBS", "100") or 100),

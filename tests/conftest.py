@@ -7,11 +7,24 @@ the point is to catch what the wire, the driver and the server really do.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from soda_reduce.runtime.store import EmbeddedMongo, Store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def command_line_defaults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Commands run inside the tests (``soda_reduce.cli.main``) keep their default data
+    directory out of the real home, and their store keeper stops with its last user."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+    patch.setenv("SODA_REDUCE_STORE_LINGER_S", "0")
+    try:
+        yield
+    finally:
+        patch.undo()
 
 
 @pytest.fixture(scope="session")

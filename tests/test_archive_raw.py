@@ -4,7 +4,8 @@ The demo archive writes its frames with several header conventions (EXPTIME or E
 XBINNING/YBINNING or CCDSUM, upper- or lower-case IMAGETYP...) and records what each file
 really is in _truth/manifest.json: every row is compared with that record, so the cascade's
 derived keywords are what the table shows. Every document passes STILTS votlint, and pyvo
-builds and runs the DataLink query of a row from the table's service descriptor.
+builds and runs the DataLink query of a row from the table's service descriptor, and the
+SODA query of a row (its frame as archived) from the other.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from soda_reduce.config import Settings
 from soda_reduce.runtime.store import Store
 from soda_reduce.vo.archive_table import COLUMNS, HARD_MAXREC, RawQuery, parse_raw_query
 from soda_reduce.vo.dali import UsageError
+from tests.support.tools import stilts as _stilts
 from tests.support.uws_harness import Harness, uws_service
-from tests.test_uws_clients import NO_NETWORK, _run, _stilts
+from tests.test_uws_clients import NO_NETWORK, _run
 
 
 @pytest.fixture
@@ -178,7 +180,7 @@ async def test_bad_parameters_are_dali_errors(svc: Harness, query: str, message:
 
 
 async def test_post_and_datalink_descriptor(svc: Harness) -> None:
-    from pyvo.dal.adhoc import DATALINK_IVOID, DatalinkQuery
+    from pyvo.dal.adhoc import DATALINK_IVOID, SODA_SYNC_IVOID, DatalinkQuery, SodaQuery
     from pyvo.dal.tap import TAPResults
 
     response = await svc.client.post("/archive/raw", data={"CATEGORY": "SCIENCE", "MAXREC": "2"})
@@ -194,6 +196,13 @@ async def test_post_and_datalink_descriptor(svc: Harness) -> None:
     links = await asyncio.to_thread(DatalinkQuery.from_resource(results[0], descriptor).execute)
     assert set(links.to_table()["ID"]) == {results[0]["ID"]}
     assert links.get_first_proc() is not None
+    # a SODA sync descriptor on the same column cuts a row's frame as archived
+    # (tests/test_datalink.py runs pyvo's record.processed() through it)
+    soda = results.get_adhocservice_by_ivoid(SODA_SYNC_IVOID)
+    for row in results:
+        query = SodaQuery.from_resource(row, soda)
+        assert query.baseurl == f"{svc.base}/soda/sync"
+        assert dict(query) == {"ID": row["ID"], "TARGET": "raw"}
 
 
 def test_parse_raw_query() -> None:

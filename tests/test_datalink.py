@@ -39,8 +39,9 @@ from soda_reduce.reduction.organisation import classify_all
 from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.runtime.store import EmbeddedMongo, Store
 from soda_reduce.vo.datalink import COLUMNS, DATALINK_MEDIA_TYPE, LINKS_STANDARD_ID
+from tests.support.tools import stilts as _stilts
 from tests.support.uws_harness import Harness, uws_service
-from tests.test_uws_clients import NO_NETWORK, _run, _stilts
+from tests.test_uws_clients import NO_NETWORK, _run
 
 T = TypeVar("T")
 VOT = {"v": "http://www.ivoa.net/xml/VOTable/v1.3"}
@@ -143,12 +144,6 @@ async def in_thread(fn: Callable[[], T], timeout: float = 60) -> T:
     return await asyncio.wait_for(asyncio.to_thread(fn), timeout)
 
 
-def sync_served(svc: Service) -> bool:
-    """Whether the app has a /soda/sync route (another module of issue 5 provides it)."""
-    routes = svc.h.client.server.app.router.routes()
-    return any(r.resource is not None and r.resource.canonical == "/soda/sync" for r in routes)
-
-
 def session() -> requests.Session:
     s = requests.Session()
     s.trust_env = False  # never a proxy from the environment: loopback only
@@ -163,7 +158,13 @@ async def test_raw_file_links(svc: Service, demo_archive: Path) -> None:
     rows = table(body)
     assert status(body) == "OK"
     assert {r["ID"] for r in rows} == {svc.raw_id}
-    assert {r["semantics"] for r in rows} == {"#this", "#preview", "#proc", "#calibration"}
+    assert {r["semantics"] for r in rows} == {
+        "#this",
+        "#preview",
+        "#proc",
+        "#cutout",
+        "#calibration",
+    }
     for row in rows:  # exactly one of access_url, service_def, error_message
         assert sum(row[k] is not None for k in ("access_url", "service_def", "error_message")) == 1
 
@@ -199,28 +200,37 @@ async def test_raw_file_links(svc: Service, demo_archive: Path) -> None:
     assert {r["access_url"].split("/archive/files/", 1)[1] for r in calibrations} == planned
 
 
+def options(param: etree._Element) -> list[str]:
+    return [o.get("value") for o in param.iterfind("v:VALUES/v:OPTION", VOT)]
+
+
 async def test_raw_file_reduce_descriptor(svc: Service) -> None:
+    """Only ID is given (from the row); TARGET and recipe parameters are the user's, empty,
+    their defaults in the descriptions and among the options (DataLink 1.1 4.1)."""
     body = await svc.links(svc.raw_id)
     (proc,) = by_semantics(table(body), "#proc")
     resource = descriptors(body)[proc["service_def"]]
     assert param_value(resource, "standardID") == "ivo://ivoa.net/std/SODA#async-1.0"
     assert param_value(resource, "accessURL") == f"{svc.base}/soda/async"
     params = inputs(resource)
-    assert params["ID"].get("value") == svc.raw_id
+    assert params["ID"].get("ref") == "ID" and params["ID"].get("value") == ""
+    links_id = etree.fromstring(body).find("v:RESOURCE/v:TABLE/v:FIELD[@name='ID']", VOT)
+    assert links_id.get("ID") == "ID"  # the FIELD the ref names
+    fixed = [n for n, p in params.items() if p.get("value")]
+    assert fixed == []  # nothing else is imposed on the user
     target = params["TARGET"]
-    assert target.get("value") == "science"
-    assert [o.get("value") for o in target.iterfind("v:VALUES/v:OPTION", VOT)] == [
-        "science",
-        "stack",
-    ]
+    assert options(target) == ["science", "stack", "raw"]
+    assert "default science" in target.findtext("v:DESCRIPTION", namespaces=VOT)
     combine = params["flat.combine"]
-    assert combine.get("value") == "median"
-    options = [o.get("value") for o in combine.iterfind("v:VALUES/v:OPTION", VOT)]
-    assert options == ["median", "average"]
+    assert options(combine) == ["median", "average"]
+    assert "default median" in combine.findtext("v:DESCRIPTION", namespaces=VOT)
     clip = params["bias.sigma_clip"]
-    assert clip.get("datatype") == "double" and clip.get("value") == "3.0"
+    assert clip.get("datatype") == "double" and clip.get("value") == ""
     assert clip.find("v:VALUES/v:MIN", VOT).get("value") == "1.0"
-    assert params["use_dark"].get("datatype") == "boolean"
+    assert "default 3.0" in clip.findtext("v:DESCRIPTION", namespaces=VOT)
+    use_dark = params["use_dark"]
+    assert use_dark.get("datatype") == "boolean" and options(use_dark) == ["T", "F"]
+    assert "default T" in use_dark.findtext("v:DESCRIPTION", namespaces=VOT)
     # SODA parameters: user-specified (value ""), with UCDs, units and limits from the WCS
     expected = {
         "POS": (None, "pos.outline;obs"),
@@ -241,6 +251,28 @@ async def test_raw_file_reduce_descriptor(svc: Service) -> None:
     assert 60000 < time_min < 70000  # an MJD
 
 
+async def test_raw_file_cutout_descriptor(svc: Service) -> None:
+    """#cutout: SODA sync on the frame as archived, TARGET fixed to raw."""
+    body = await svc.links(svc.raw_id)
+    (cutout,) = by_semantics(table(body), "#cutout")
+    assert cutout["content_type"] == "application/fits"
+    resource = descriptors(body)[cutout["service_def"]]
+    assert param_value(resource, "standardID") == "ivo://ivoa.net/std/SODA#sync-1.0"
+    assert param_value(resource, "accessURL") == f"{svc.base}/soda/sync"
+    params = inputs(resource)
+    assert params["ID"].get("ref") == "ID"
+    assert {n: p.get("value") for n, p in params.items() if p.get("value")} == {"TARGET": "raw"}
+    assert params["CIRCLE"].find("v:VALUES/v:MAX", VOT) is not None
+    example = param_value(resource, "exampleURL")
+    assert "TARGET=raw" in example and "CIRCLE=" in example
+    response = await svc.h.client.get(example.removeprefix(svc.base))
+    assert response.status == 200, await response.text()
+    header = fits.getheader(io.BytesIO(await response.read()))
+    raw = (await svc.h.runtime.store.raw_files_by_id([svc.raw_id]))[0]
+    assert 0 < header["NAXIS1"] < raw.header["NAXIS1"]  # a cutout of the raw frame itself
+    assert "PROCATG" not in header
+
+
 # ----------------------------------------------------------------------------- products
 
 
@@ -254,7 +286,7 @@ async def test_product_links(svc: Service) -> None:
         "#progenitor",
         "#calibration",
         "#auxiliary",
-        "#proc",
+        "#cutout",
     }
     (this,) = by_semantics(rows, "#this")
     assert this["access_url"] == f"{svc.base}/products/{key}/{name}"
@@ -287,21 +319,21 @@ async def test_product_links(svc: Service) -> None:
     manifest = await response.json()
     assert any(p.get("qc") for p in manifest["products"])
 
-    (proc,) = by_semantics(rows, "#proc")
-    resource = descriptors(body)[proc["service_def"]]
+    (cutout,) = by_semantics(rows, "#cutout")
+    resource = descriptors(body)[cutout["service_def"]]
     assert param_value(resource, "standardID") == "ivo://ivoa.net/std/SODA#sync-1.0"
     assert param_value(resource, "accessURL") == f"{svc.base}/soda/sync"
     params = inputs(resource)
-    assert params["ID"].get("value") == svc.product_id
+    assert params["ID"].get("ref") == "ID" and params["ID"].get("value") == ""
     assert params["CIRCLE"].find("v:VALUES/v:MAX", VOT) is not None
     assert "TARGET" not in params
-    # DataLink 1.1 exampleURL: a real call, a cutout of the central part (once sync exists)
+    assert [n for n, p in params.items() if p.get("value")] == []
+    # DataLink 1.1 exampleURL: a real call, a cutout of the central part
     example = param_value(resource, "exampleURL")
     assert example.startswith(f"{svc.base}/soda/sync?ID=") and "CIRCLE=" in example
-    if sync_served(svc):
-        response = await svc.h.client.get(example.removeprefix(svc.base))
-        assert response.status == 200, await response.text()
-        assert (await response.read()).startswith(b"SIMPLE  =")
+    response = await svc.h.client.get(example.removeprefix(svc.base))
+    assert response.status == 200, await response.text()
+    assert (await response.read()).startswith(b"SIMPLE  =")
 
 
 async def test_product_without_recorded_inputs_uses_fits_provenance(svc: Service) -> None:
@@ -316,7 +348,7 @@ async def test_product_without_recorded_inputs_uses_fits_provenance(svc: Service
     finally:
         await products.update_one({"product_id": key}, {"$set": {"inputs": doc["inputs"]}})
     pick = lambda rows: sorted(  # noqa: E731
-        (r["semantics"], r["access_url"]) for r in rows if r["semantics"] != "#proc"
+        (r["semantics"], r["access_url"]) for r in rows if r["semantics"] != "#cutout"
     )
     assert pick(after) == pick(before)
 
@@ -430,7 +462,8 @@ async def test_stilts_votlint_and_datalinklint(svc: Service, tmp_path: Path) -> 
     bias_body = await svc.links(bias)
     (proc,) = by_semantics(table(bias_body), "#proc")  # a bias frame is reduced by task bias
     target = inputs(descriptors(bias_body)[proc["service_def"]])["TARGET"]
-    assert target.get("value") == "bias"
+    assert target.get("value") == "" and options(target) == ["bias", "raw"]
+    assert "default bias" in target.findtext("v:DESCRIPTION", namespaces=VOT)
     documents = {
         "calibration-frame": bias_body,
         "raw": await svc.links(svc.raw_id),
@@ -439,6 +472,7 @@ async def test_stilts_votlint_and_datalinklint(svc: Service, tmp_path: Path) -> 
         "unknown": await svc.links(unknown),
         "overflow": await svc.links(svc.raw_id, svc.product_id, extra="&MAXREC=3"),
     }
+    reports: dict[str, str] = {}
     for name, body in documents.items():
         path = tmp_path / f"{name}.vot"
         path.write_bytes(body)
@@ -453,6 +487,18 @@ async def test_stilts_votlint_and_datalinklint(svc: Service, tmp_path: Path) -> 
         assert code == 0 and totals is not None, f"datalinklint {name}:\n{report}"
         assert totals.group(1) == "0", f"datalinklint {name}:\n{report}"
         assert totals.group(2) == "0", f"datalinklint {name}:\n{report}"
+        reports[name] = report
+    # how datalinklint sees each descriptor's parameters: FIXED (sent unchanged), ROW (from
+    # the row: ID) and USER; only the raw cutout's TARGET=raw is fixed
+    roles = {name: parameter_roles(reports[name]) for name in ("raw", "product")}
+    (reduce_id,) = [d for d in roles["raw"] if d.startswith("reduce-")]
+    (raw_cut,) = [d for d in roles["raw"] if d.startswith("cutout-")]
+    (product_cut,) = roles["product"]
+    assert roles["raw"][reduce_id]["FIXED"] == [] and roles["raw"][reduce_id]["ROW"] == ["ID"]
+    assert {"TARGET", "flat.combine", "use_dark", "CIRCLE"} <= set(roles["raw"][reduce_id]["USER"])
+    assert roles["raw"][raw_cut]["FIXED"] == ["TARGET"] and roles["raw"][raw_cut]["ROW"] == ["ID"]
+    assert roles["product"][product_cut]["FIXED"] == []
+    assert roles["product"][product_cut]["ROW"] == ["ID"]
     # a control: both tools do report a broken links table
     broken = re.sub(rb"<TD>#this</TD>", b"<TD>this</TD>", documents["raw"], count=1)
     broken = re.sub(rb"(<TD>)\d+(</TD>)", rb"\1ten\2", broken, count=1)
@@ -464,6 +510,79 @@ async def test_stilts_votlint_and_datalinklint(svc: Service, tmp_path: Path) -> 
     assert not re.search(r"Totals: Errors: 0;", report), report
 
 
+_DESCRIPTOR_LINE = re.compile(r"^I-SDDO-\d+ Service descriptor (\S+), \d+ input params", re.M)
+_ROLE_LINE = re.compile(r"^I-SDPR-\d+ (FIXED|ROW|USER) parameter count (\d+)(?: \[(.*)\])?$")
+
+
+def parameter_roles(report: str) -> dict[str, dict[str, list[str]]]:
+    """datalinklint's I-SDPR reports: descriptor -> FIXED/ROW/USER -> parameter names."""
+    roles: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in report.splitlines():
+        described = _DESCRIPTOR_LINE.match(line)
+        if described:
+            current = roles.setdefault(described.group(1), {})
+            continue
+        role = _ROLE_LINE.match(line)
+        if role and current is not None:
+            names = [n.strip() for n in (role.group(3) or "").split(",") if n.strip()]
+            assert len(names) == int(role.group(2)), line
+            current[role.group(1)] = names
+    assert roles and all(set(r) == {"FIXED", "ROW", "USER"} for r in roles.values()), report
+    return roles
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+async def test_errors_name_their_datalink_fault(svc: Service, tmp_path: Path) -> None:
+    """DataLink 1.1 3.4: error_message cells and error documents start with a fault."""
+    fault = re.compile(r"(NotFound|Usage|Transient|Fatal|Default)Fault(: .*)?\Z", re.S)
+    unknown = f"ivo://{AUTHORITY}/product?{'0' * 64}/gone.fits"
+    (row,) = table(await svc.links(unknown))
+    assert row["error_message"].startswith("NotFoundFault: ") and fault.match(row["error_message"])
+    client = svc.h.client
+    for method, query, status_code, expected in (
+        ("GET", "ID=x&MAXREC=-1", 400, "UsageFault: MAXREC"),
+        ("GET", "ID=x&RESPONSEFORMAT=csv", 400, "UsageFault: RESPONSEFORMAT"),
+        ("GET", "ID=%C3%A9", 400, "UsageFault: ID"),
+        ("PUT", "ID=x", 405, "UsageFault: "),
+    ):
+        response = await client.request(method, f"/datalink?{query}")
+        body = await response.read()
+        assert response.status == status_code, body.decode()
+        assert response.content_type == "application/x-votable+xml"
+        info = etree.fromstring(body).find("v:RESOURCE/v:INFO[@name='QUERY_STATUS']", VOT)
+        assert info.get("value") == "ERROR"
+        assert info.text.startswith(expected) and fault.match(info.text), info.text
+        path = tmp_path / "error.vot"
+        path.write_bytes(body)
+        code, report = await in_thread(
+            lambda p=path: _run([_stilts(), *NO_NETWORK, "votlint", f"votable={p}"], 120), 180
+        )
+        assert code == 0 and report.strip() == "", report
+    # other routes keep DALI's plain message
+    response = await client.get("/archive/raw?MAXREC=-1")
+    info = etree.fromstring(await response.read()).find("v:RESOURCE/v:INFO", VOT)
+    assert not fault.match(info.text)
+
+
+def test_fault_of_each_status() -> None:
+    from soda_reduce.vo.datalink import fault_for_status, fault_message
+
+    assert [fault_for_status(s) for s in (400, 404, 405, 413, 429, 500, 503)] == [
+        "UsageFault",
+        "NotFoundFault",
+        "UsageFault",
+        "UsageFault",
+        "TransientFault",
+        "FatalFault",
+        "TransientFault",
+    ]
+    assert fault_message(400, "NotFoundFault: kept") == "NotFoundFault: kept"
+    assert fault_message(400, "UsageFaultless") == "UsageFault: UsageFaultless"
+
+
 # ----------------------------------------------------------------------------- pyvo
 
 
@@ -473,10 +592,17 @@ async def test_pyvo_reads_links_and_finds_the_reduce_descriptor(svc: Service) ->
     url = f"{svc.base}/datalink?ID={quote(svc.raw_id, safe='')}"
     with session() as s:
         links = await in_thread(lambda: DatalinkResults.from_result_url(url, session=s))
-    assert {r.semantics for r in links} == {"#this", "#preview", "#proc", "#calibration"}
+    assert {r.semantics for r in links} == {
+        "#this",
+        "#preview",
+        "#proc",
+        "#cutout",
+        "#calibration",
+    }
     procs = list(links.iter_procs())
-    assert len(procs) == 1 and procs[0].service_def == links.get_first_proc().service_def
-    proc = links.get_first_proc()
+    assert [p.semantics for p in procs] == ["#proc", "#cutout"]
+    proc = links.get_first_proc()  # "reduce this" comes first
+    assert proc.service_def == procs[0].service_def
     service = {p.name: p.value for p in proc.params}
     assert service["standardID"] == "ivo://ivoa.net/std/SODA#async-1.0"
     assert proc.access_url == f"{svc.base}/soda/async"
@@ -499,7 +625,9 @@ def _another_reducible_frame(files: list[Any], taken: str) -> str:
 
 
 async def test_pyvo_reduction_from_the_proc_descriptor(svc: Service) -> None:
-    """A portal's "reduce this": the POST is built from the descriptor alone, as pyvo does."""
+    """A portal's "reduce this": the POST is built from the descriptor alone, as pyvo does.
+    Left as they are, only ID is sent and the frame is reduced to the default target; a
+    TARGET picked among the options is that target."""
     from pyvo.dal import AsyncTAPJob
     from pyvo.dal.adhoc import DatalinkQuery, DatalinkResults
 
@@ -507,23 +635,21 @@ async def test_pyvo_reduction_from_the_proc_descriptor(svc: Service) -> None:
     url = f"{svc.base}/datalink?ID={quote(frame, safe='')}"
     with session() as s:
 
-        def submit() -> AsyncTAPJob:
+        def submit(**chosen: str) -> AsyncTAPJob:
             links = DatalinkResults.from_result_url(url, session=s)
             proc = links.get_first_proc()
             resource = links.get_adhocservice_by_id(proc.service_def)
-            # the fixed values (ID, TARGET, recipe defaults) and nothing the user left empty
-            query = DatalinkQuery.from_resource(proc, resource, session=s)
+            query = DatalinkQuery.from_resource(proc, resource, session=s, **chosen)
             sent = dict(query)
-            assert sent["ID"] == frame and sent["TARGET"] == "science"
-            assert not {"POS", "CIRCLE", "POLYGON", "BAND", "TIME", "POL"} & set(sent)
+            assert sent == {"ID": frame, **chosen}  # the user's choices and the row's ID
             response = s.post(query.baseurl, data=sent, allow_redirects=False, timeout=30)
             assert response.status_code == 303, response.text
             job = AsyncTAPJob(response.headers["Location"], session=s, delete=False)
             assert job.phase == "PENDING"
-            job.run()
             return job
 
         job = await in_thread(submit)
+        await in_thread(job.run)
         await in_thread(lambda: job.wait(timeout=60), 180)
         phase = await in_thread(lambda: job.phase)  # a property that does HTTP
         assert phase == "COMPLETED", await in_thread(lambda: str(job.errorsummary))
@@ -534,39 +660,112 @@ async def test_pyvo_reduction_from_the_proc_descriptor(svc: Service) -> None:
         links = await in_thread(
             lambda: DatalinkResults.from_result_url(str(row["datalink_url"]), session=s)
         )
+        stacked = await in_thread(lambda: submit(TARGET="stack"))
+
+        def every_input_empty() -> str:
+            """What a UI that sends every parameter (the user's left empty) posts."""
+            links = DatalinkResults.from_result_url(url, session=s)
+            resource = links.get_adhocservice_by_id(links.get_first_proc().service_def)
+            names = [p.name for p in resource.groups[0].entries]
+            data = [(n, frame if n == "ID" else "") for n in names]
+            response = s.post(f"{svc.base}/soda/async", data=data, allow_redirects=False)
+            assert response.status_code == 303, response.text
+            return response.headers["Location"].rsplit("/", 1)[1]
+
+        empty_id = await in_thread(every_input_empty)
+    done = await svc.h.runtime.service.jobs.get(job.job_id, any_owner=True)
+    assert done is not None and done.plan is not None and done.plan["target"] == "science"
     progenitors = [r.access_url for r in links.bysemantics("#progenitor", include_narrower=False)]
     assert progenitors == [f"{svc.base}/archive/files/{frame.split('?', 1)[1]}"]
+    # the chosen target is what the job plans (not run: stacking is not this test's)
+    record = await svc.h.runtime.service.jobs.get(stacked.job_id, any_owner=True)
+    assert record is not None and record.request.target == "stack"
+    plan = await svc.h.runtime.service.plan(record)
+    assert plan.target == "stack" and {j.task for j in plan.jobs} >= {"science", "stack"}
+    await svc.h.runtime.service.delete(record.job_id, record.owner)
+    record = await svc.h.runtime.service.jobs.get(empty_id, any_owner=True)
+    assert record is not None and record.request.target is None and record.request.recipe == ()
+    assert (await svc.h.runtime.service.plan(record)).target == "science"
+    await svc.h.runtime.service.delete(record.job_id, record.owner)
+
+
+def _cut_checked(data: bytes, original: fits.Header, ra: float, dec: float) -> fits.Header:
+    """``data`` is a FITS cutout smaller than the image of ``original``, its WCS shifted
+    so (ra, dec) keeps its sky position; its image header."""
+    with fits.open(io.BytesIO(data)) as hdul:
+        image = next(h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2)
+        header = image.header.copy()
+    nx, ny = original["NAXIS1"], original["NAXIS2"]
+    assert 0 < header["NAXIS1"] < nx and 0 < header["NAXIS2"] < ny
+    x, y = (float(v) for v in WCS(header).world_to_pixel_values(ra, dec))
+    assert 0 <= x < header["NAXIS1"] and 0 <= y < header["NAXIS2"]
+    # the shift is the box's offset: the same sky position is the same original pixel
+    x0, y0 = (float(v) for v in WCS(original).world_to_pixel_values(ra, dec))
+    assert (x - header["LTV1"], y - header["LTV2"]) == pytest.approx((x0, y0), abs=1e-6)
+    assert header["CRPIX1"] == pytest.approx(original["CRPIX1"] + header["LTV1"])
+    return header
+
+
+def _centre(header: fits.Header) -> tuple[float, float, float]:
+    """A circle of 8 pixels around the centre of the image of ``header``."""
+    wcs = WCS(header)
+    ny, nx = header["NAXIS2"], header["NAXIS1"]
+    ra, dec = (float(v) for v in wcs.pixel_to_world_values(nx / 2, ny / 2))
+    return ra, dec, float(wcs.proj_plane_pixel_scales()[1].value) * 8
 
 
 async def test_pyvo_soda_cutout_through_the_sync_descriptor(svc: Service) -> None:
     from pyvo.dal.adhoc import DatalinkResults
 
-    if not sync_served(svc):
-        pytest.skip("/soda/sync is not served yet (soda_reduce/web/soda_sync.py)")
     url = f"{svc.base}/datalink?ID={quote(svc.product_id, safe='')}"
     path = svc.h.runtime.products.step_dir(svc.product["step_key"]) / svc.product["file"]
     with fits.open(path) as hdul:
         original = hdul[0].header.copy()
-    wcs = WCS(original)
-    ny, nx = original["NAXIS2"], original["NAXIS1"]
-    ra, dec = (float(v) for v in wcs.pixel_to_world_values(nx / 2, ny / 2))
-    radius = abs(float(original.get("CDELT2", 0)) or wcs.proj_plane_pixel_scales()[1].value) * 8
+    ra, dec, radius = _centre(original)
     with session() as s:
 
         def cutout() -> bytes:
             links = DatalinkResults.from_result_url(url, session=s)
             proc = links.get_first_proc()
-            assert proc.service_def.startswith("cutout")
+            assert proc.service_def.startswith("cutout") and proc.semantics == "#cutout"
             stream = proc.processed(circle=(ra, dec, radius), session=s)
             return stream.read()
 
         data = await in_thread(cutout, 120)
-    with fits.open(io.BytesIO(data)) as hdul:
-        image = next(h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2)
-        assert 0 < image.header["NAXIS1"] < nx and 0 < image.header["NAXIS2"] < ny
-        cut_wcs = WCS(image.header)
-        x, y = (float(v) for v in cut_wcs.world_to_pixel_values(ra, dec))
-        assert 0 <= x < image.header["NAXIS1"] and 0 <= y < image.header["NAXIS2"]
+    assert _cut_checked(data, original, ra, dec)["PROCATG"] == "REDUCED_SCIENCE"
+
+
+async def test_pyvo_processed_on_a_raw_record(svc: Service, demo_archive: Path) -> None:
+    """``record.processed(circle=...)`` on a raw frame's record, from its DataLink document
+    and from the /archive/raw table: a real cutout of the frame as archived."""
+    from pyvo.dal.adhoc import DatalinkResults
+    from pyvo.dal.tap import TAPResults
+
+    with fits.open(demo_archive / svc.raw_id.split("?", 1)[1]) as hdul:
+        original = next(h.header for h in hdul if h.data is not None).copy()
+    ra, dec, radius = _centre(original)
+    url = f"{svc.base}/datalink?ID={quote(svc.raw_id, safe='')}"
+    path = svc.raw_id.split("?", 1)[1]
+    with session() as s:
+
+        def from_datalink() -> bytes:
+            links = DatalinkResults.from_result_url(url, session=s)
+            this = next(links.bysemantics("#this", include_narrower=False))
+            return this.processed(circle=(ra, dec, radius), session=s).read()
+
+        def from_archive_table() -> bytes:
+            results = TAPResults.from_result_url(
+                f"{svc.base}/archive/raw?NIGHT=2024-01-04", session=s
+            )
+            (record,) = [r for r in results if r["path"] == path]
+            return record.processed(circle=(ra, dec, radius), session=s).read()
+
+        bodies = [await in_thread(from_datalink, 120), await in_thread(from_archive_table, 120)]
+    for data in bodies:
+        header = _cut_checked(data, original, ra, dec)
+        assert "PROCATG" not in header  # the raw frame, not a product
+        assert svc.raw_id in str(header["HISTORY"])
+    assert bodies[0] == bodies[1]
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -574,6 +773,7 @@ async def test_pyvo_soda_cutout_through_the_sync_descriptor(svc: Service) -> Non
 
 def test_link_rows_are_checked() -> None:
     from soda_reduce.vo.datalink import Link, render_links
+    from soda_reduce.vo.descriptors import InputParam
 
     with pytest.raises(ValueError, match="exactly one"):
         Link("x", "#this", access_url="http://a", error_message="NotFoundFault: no")
@@ -581,6 +781,10 @@ def test_link_rows_are_checked() -> None:
         Link("x", "#this")
     with pytest.raises(ValueError, match="must start with"):
         Link("x", "#this", error_message="no such thing")
+    with pytest.raises(ValueError, match="must start with"):
+        Link("x", "#this", error_message="UsageFault without its colon")
+    with pytest.raises(ValueError, match="ref takes its value from the row"):
+        InputParam("ID", ref="ID", value="fixed")
     with pytest.raises(ValueError, match="semantics"):
         Link("x", "this", access_url="http://a")
     with pytest.raises(ValueError, match="ASCII"):
@@ -634,9 +838,14 @@ def test_descriptor_params_pyvo_leaves_empty_values_out() -> None:
         "FILTER": "R",
     }
     pid = "ivo://x/p?y"
-    descriptor = cutout_descriptor("cut-1", "http://h/soda/sync", pid, header=header, what="it")
+    descriptor = cutout_descriptor(
+        "cut-1", "http://h/soda/sync", pid, id_ref="ID", header=header, what="it"
+    )
     assert descriptor.input_params[0] == InputParam(
-        "ID", value=pid, ucd="meta.id;meta.main", description="The image (fixed)."
+        "ID",
+        ref="ID",
+        ucd="meta.id;meta.main",
+        description="Identifier of the dataset, from the ID column of the row.",
     )
     body = render_links([Link(pid, "#proc", service_def="cut-1")], [descriptor])
     params = inputs(descriptors(body)["cut-1"])

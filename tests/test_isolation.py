@@ -118,7 +118,7 @@ async def test_lists_show_own_jobs_and_anonymous_job_urls_are_read_capabilities(
             pages = {
                 path: await who[owner].call("GET", f"/jobs/{job_id}{path}") for path in PAGE_READS
             }
-            assert [r.status for r in expected.values()] == [*[200] * 5, 403, *[200] * 6], owner
+            assert [r.status for r in expected.values()] == [*[200] * 5, 404, *[200] * 6], owner
             assert expected[cutout].headers["Content-Type"] == "application/fits"
             assert {p: r.status for p, r in pages.items()} == dict.fromkeys(PAGE_READS, 200)
             for name, caller in who.items():

@@ -19,7 +19,14 @@ from soda_reduce.config import Settings
 from soda_reduce.runtime.quotas import RateLimiter
 from soda_reduce.runtime.store import Store
 from soda_reduce.vo.dali import UsageError
-from soda_reduce.vo.job_request import JobRequest, RequestLimits, parse_job_request
+from soda_reduce.vo.job_request import (
+    JobKind,
+    JobRequest,
+    RequestLimits,
+    check_request_limits,
+    id_resource,
+    parse_job_request,
+)
 from soda_reduce.vo.uws import Phase
 from soda_reduce.web.context import SERVICES
 from tests.support.uws_harness import UWS, Harness, uws_service
@@ -72,6 +79,47 @@ def test_updated_replaces_values_by_name_only() -> None:
     merged = old.updated(change, ["band", "RUNID"])
     assert merged.ids == ("a",) and merged.recipe == (("science.sigma", "3"),)
     assert [str(b) for b in merged.soda.bands] == ["3 4"] and merged.run_id == "r"
+
+
+RAW_ID = "ivo://x/raw?a.fits"
+PRODUCT_ID = f"ivo://x/product?{'a' * 64}/p.fits"
+
+
+def test_the_kind_of_a_request_and_empty_values() -> None:
+    """Raw IDs reduce (TARGET=raw: cut as archived), product IDs cut; empty values are
+    absent, so the service's defaults apply to what a DataLink client left unset."""
+    reduction = parse_job_request([("ID", RAW_ID), ("TARGET", ""), ("flat.combine", " ")])
+    assert reduction.kind is JobKind.REDUCTION and reduction.target is None
+    assert reduction.recipe == () and reduction.other == ()
+    assert parse_job_request([("ID", RAW_ID), ("USE_DARK", "")]).other == ()
+    raw = parse_job_request([("ID", RAW_ID), ("target", "RAW"), ("CIRCLE", CIRCLE)])
+    assert raw.kind is JobKind.RAW_CUTOUT and raw.kind.cuts_only
+    product = parse_job_request([("ID", PRODUCT_ID), ("TARGET", "")])
+    assert product.kind is JobKind.PRODUCT_CUTOUT and product.target is None
+    assert JobRequest.from_doc(product.to_doc()).kind is JobKind.PRODUCT_CUTOUT
+    assert product.to_doc()["kind"] == "product_cutout"
+    assert id_resource(PRODUCT_ID) == "product" and id_resource("ivo://x/other?y") is None
+    for pairs, words in (
+        ([("ID", PRODUCT_ID), ("TARGET", "science")], "TARGET applies to raw IDs only"),
+        ([("ID", PRODUCT_ID), ("TARGET", "raw")], "TARGET applies to raw IDs only"),
+        ([("ID", PRODUCT_ID), ("flat.combine", "average")], "with products"),
+        ([("ID", RAW_ID), ("TARGET", "raw"), ("flat.combine", "x")], "raw frames as archived"),
+        ([("ID", f"{RAW_ID} {PRODUCT_ID}")], "product IDs and raw IDs"),
+    ):
+        with pytest.raises(UsageError, match=words):
+            parse_job_request(pairs)
+    # a merge of parameters is checked the same way; a name given empty goes back to its
+    # default
+    old = parse_job_request([("ID", RAW_ID), ("flat.combine", "average"), ("TARGET", "flat")])
+    cleared = old.updated(parse_job_request([("flat.combine", "")]), ["flat.combine"])
+    assert cleared.recipe == ()
+    with pytest.raises(UsageError, match="with products"):
+        check_request_limits(
+            parse_job_request([("ID", RAW_ID), ("flat.combine", "average")]).updated(
+                parse_job_request([("ID", PRODUCT_ID)]), ["ID"]
+            ),
+            RequestLimits(),
+        )
 
 
 @pytest.mark.parametrize(

@@ -57,8 +57,17 @@ def _stilts() -> str:
     return found
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _environment() -> dict[str, str]:
+    """No SODA_REDUCE_* settings of the caller (the documented defaults), but a command's
+    store stops with it; the default data directory is the session's XDG_DATA_HOME
+    (tests/conftest.py), not the real home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SODA_REDUCE_")}
+    env["SODA_REDUCE_STORE_LINGER_S"] = "0"
+    return env
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = _environment()
     command = [sys.executable, "-m", "soda_reduce.cli", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -296,7 +305,7 @@ def test_kast_commands_in_the_docs_run_as_written(doc: Path, tmp_path: Path) -> 
     root.mkdir()
     (tmp_path / "shared").symlink_to(KAST.parents[1], target_is_directory=True)
     soda = Path(sys.executable).with_name("soda-reduce")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SODA_REDUCE_")}
+    env = {**_environment(), "XDG_DATA_HOME": str(tmp_path / "xdg")}  # a first-time user
     for command, expected in steps:
         argv = [str(soda), *command.split()[1:]]
         done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,

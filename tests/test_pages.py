@@ -13,10 +13,10 @@ import contextlib
 import io
 import re
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -32,25 +32,11 @@ from soda_reduce.runtime.worker import Worker, WorkerConfig
 from soda_reduce.web.app import ServiceState, build_app
 from soda_reduce.web.middleware import AuthConfig
 from soda_reduce.web.sessions import COOKIE
+from tests.support.browser import chromium, in_thread, text_of, wait_for
 from tests.support.uws_harness import Harness, uws_service
 
-T = TypeVar("T")
 ALICE = {"X-Remote-User": "alice"}
 BOB = {"X-Remote-User": "bob"}
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-    "--no-proxy-server",  # loopback only, whatever the environment says
-    "--window-size=1280,1600",
-)
 FINAL = ("COMPLETED", "ERROR", "ABORTED")
 
 
@@ -254,62 +240,10 @@ async def running_worker(svc: Harness) -> AsyncIterator[None]:
         await executor.close()
 
 
-def _make_driver(profile: Path, log: Path) -> Any:
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER), log_output=str(log))
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(30)
-    return driver
-
-
-async def _in_thread(fn: Callable[..., T], *args: Any, timeout: float = 60) -> T:
-    """Blocking Selenium calls off the loop, so the server on this loop keeps serving."""
-    return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
-
-
 @pytest.fixture
 async def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
-    pytest.importorskip("selenium", reason="selenium is not installed")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download
-    driver = await _in_thread(_make_driver, tmp_path / "profile", tmp_path / "chromedriver.log")
-    try:
+    async with chromium(tmp_path, monkeypatch) as driver:
         yield driver
-    finally:
-        await _in_thread(driver.quit, timeout=30)
-
-
-def _wait(driver: Any, condition: Callable[[Any], Any], seconds: float, what: str) -> Any:
-    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(
-        driver, seconds, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
-    )
-    try:
-        return wait.until(condition)
-    except TimeoutException:
-        raise AssertionError(f"{what} within {seconds} s; page:\n{driver.page_source}") from None
-
-
-def _text(driver: Any, element_id: str) -> str:
-    """One element's text ("" if absent), read in one script: the panel may be swapped."""
-    text = driver.execute_script(
-        "const e = document.getElementById(arguments[0]); return e ? e.textContent : null;",
-        element_id,
-    )
-    return " ".join((text or "").split())
 
 
 WATCH_PANEL = """
@@ -347,15 +281,15 @@ async def test_browser_reduces_a_raw_file_and_follows_the_job(
     async with uws_service(store, demo_archive, tmp_path / "svc", worker=False) as svc:
         base = svc.base
         # the archive page links the raw-file page
-        await _in_thread(driver.get, base + "/")
+        await in_thread(driver.get, base + "/")
         assert "soda-reduce" in driver.title
         link = "/raw/" + quote(_raw_path(svc.complete_id))
         element = driver.find_element(By.CSS_SELECTOR, f'a[href="{link}"]')
-        await _in_thread(element.click)
-        await _in_thread(_wait, driver, lambda d: d.find_elements(By.ID, "reduce"), 30, "form")
-        assert _text(driver, "category") == "SCIENCE"
-        preview = await _in_thread(
-            _wait,
+        await in_thread(element.click)
+        await in_thread(wait_for, driver, lambda d: d.find_elements(By.ID, "reduce"), 30, "form")
+        assert text_of(driver, "category") == "SCIENCE"
+        preview = await in_thread(
+            wait_for,
             driver,
             lambda d: d.execute_script(RAW_PREVIEW),
             30,
@@ -363,36 +297,36 @@ async def test_browser_reduces_a_raw_file_and_follows_the_job(
         )
         assert preview > 0
         raw_shot = tmp_path / "raw-page.png"
-        assert await _in_thread(driver.save_screenshot, str(raw_shot))
+        assert await in_thread(driver.save_screenshot, str(raw_shot))
         assert raw_shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
         # fill in and submit the "reduce this" form: the browser lands on the job page
         Select(driver.find_element(By.ID, "target")).select_by_value("science")
         driver.find_element(By.ID, "runid").send_keys("browser run")
         Select(driver.find_element(By.NAME, "science.cosmic_rays")).select_by_value("false")
-        await _in_thread(driver.find_element(By.ID, "reduce-submit").click)
-        await _in_thread(
-            _wait, driver, lambda d: re.search(r"/jobs/\w+$", d.current_url), 30, "job page"
+        await in_thread(driver.find_element(By.ID, "reduce-submit").click)
+        await in_thread(
+            wait_for, driver, lambda d: re.search(r"/jobs/\w+$", d.current_url), 30, "job page"
         )
         job_id = driver.current_url.rsplit("/", 1)[1]
         job = await svc.runtime.service.jobs.get(job_id, any_owner=True)  # the browser's session's
         assert job.run_id == "browser run"
         assert ("science.cosmic_rays", "false") in job.parameters
         # no worker yet: the job waits in the queue, nothing done
-        assert _text(driver, "phase") == "QUEUED"
-        assert (_text(driver, "steps-done"), _text(driver, "steps-total")) == ("0", "4")
+        assert text_of(driver, "phase") == "QUEUED"
+        assert (text_of(driver, "steps-done"), text_of(driver, "steps-total")) == ("0", "4")
         driver.execute_script(WATCH_PANEL)
 
         async with running_worker(svc):
-            await _in_thread(
-                _wait,
+            await in_thread(
+                wait_for,
                 driver,
-                lambda d: _text(d, "phase") in FINAL,
+                lambda d: text_of(d, "phase") in FINAL,
                 150,
                 "the job page showing a final phase",
                 timeout=180,
             )
-            assert _text(driver, "phase") == "COMPLETED"
+            assert text_of(driver, "phase") == "COMPLETED"
             # the same document all along: updated in place, never reloaded
             assert driver.execute_script("return window.__marker") == "no reload"
             seen = driver.execute_script("return window.__seen")
@@ -401,8 +335,8 @@ async def test_browser_reduces_a_raw_file_and_follows_the_job(
             assert counts == sorted(counts) and len(seen) >= 3, seen
 
             # previews load (PNG decoded), logs and bundles answer
-            images = await _in_thread(
-                _wait,
+            images = await in_thread(
+                wait_for,
                 driver,
                 lambda d: (i := d.execute_script(IMAGES)) and all(c for c, _, _ in i) and i,
                 30,
@@ -428,33 +362,33 @@ async def test_browser_reduces_a_raw_file_and_follows_the_job(
             assert any(n.endswith("_reduced.fits") for n in archive.namelist())
 
             shot = tmp_path / "job-page.png"
-            assert await _in_thread(driver.save_screenshot, str(shot))
+            assert await in_thread(driver.save_screenshot, str(shot))
             data = shot.read_bytes()
             assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
             # the log link opens in the browser
-            await _in_thread(driver.get, logs[-1])
+            await in_thread(driver.get, logs[-1])
             assert "recipe" in driver.find_element(By.TAG_NAME, "body").text.lower()
 
             # the job list; then Run and Delete buttons on a second job, through UWS
-            await _in_thread(driver.get, base + "/jobs")
+            await in_thread(driver.get, base + "/jobs")
             row = driver.find_element(By.CSS_SELECTOR, f'a[href="/jobs/{job_id}"]')
-            assert row.text == job_id and "browser run" in _text(driver, "jobs")
+            assert row.text == job_id and "browser run" in text_of(driver, "jobs")
             # a second job of the same anonymous session (only it may run and delete its jobs)
             session = {COOKIE: driver.get_cookie(COOKIE)["value"]}
             svc.client.session.cookie_jar.update_cookies(session)
             pending = await svc.create({"ID": svc.complete_id})
-            await _in_thread(driver.get, f"{base}/jobs/{pending}")
-            assert _text(driver, "phase") == "PENDING"
-            await _in_thread(driver.find_element(By.ID, "run").click)
-            await _in_thread(
-                _wait, driver, lambda d: _text(d, "phase") == "COMPLETED", 60, "run button"
+            await in_thread(driver.get, f"{base}/jobs/{pending}")
+            assert text_of(driver, "phase") == "PENDING"
+            await in_thread(driver.find_element(By.ID, "run").click)
+            await in_thread(
+                wait_for, driver, lambda d: text_of(d, "phase") == "COMPLETED", 60, "run button"
             )
-            await _in_thread(driver.find_element(By.ID, "delete").click)
-            await _in_thread(_wait, driver, lambda d: _alert(d), 10, "confirm dialog")
+            await in_thread(driver.find_element(By.ID, "delete").click)
+            await in_thread(wait_for, driver, lambda d: _alert(d), 10, "confirm dialog")
             driver.switch_to.alert.accept()
-            await _in_thread(
-                _wait, driver, lambda d: d.current_url.endswith("/jobs"), 30, "back on /jobs"
+            await in_thread(
+                wait_for, driver, lambda d: d.current_url.endswith("/jobs"), 30, "back on /jobs"
             )
             assert pending not in driver.page_source and job_id in driver.page_source
 

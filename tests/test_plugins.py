@@ -60,9 +60,12 @@ def _unavailable(why: str) -> None:
 
 def _environment() -> dict[str, str]:
     """This interpreter's bin first on PATH (as an activated virtualenv); no SODA_REDUCE_*
-    settings of the caller, so the documented defaults apply."""
+    settings of the caller, so the documented defaults apply, except two: the default data
+    directory stays out of the real home (the session's XDG_DATA_HOME, tests/conftest.py)
+    and a command's store stops with it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SODA_REDUCE_")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["SODA_REDUCE_STORE_LINGER_S"] = "0"
     return env
 
 
@@ -151,7 +154,7 @@ def test_worked_example_runs_as_written(tmp_path: Path) -> None:
             assert hdul[0].header["RECIPE"] == "toycam.science"
             assert hdul[0].header["STEPKEY"] == entry["step_key"]
             assert np.isnan(hdul[0].data[:, DEAD_COLUMN - 1]).all()
-    darks = list((work / "products" / "steps").glob("*/*/master_dark.fits"))
+    darks = list((work / "products").glob("dark-*/master_dark.fits"))  # placed per job
     assert len(darks) == 1 and fits.getheader(darks[0])["PROCATG"] == "MASTER_DARK"
 
     # everything went into WORK; the example in the repository was only read
@@ -185,6 +188,7 @@ def toy_pipeline(
     dark_outputs: tuple[str, ...] = ("HOT_PIXEL_MAP",),
     task_params: tuple[Param, ...] = (),
     recipe_params: tuple[Param, ...] = (),
+    science_name: str = "science",
 ) -> Pipeline:
     """dark -> science, where science consumes both products of dark. The defaults agree;
     each keyword argument breaks one thing. The recipes are never run (nor imported)."""
@@ -196,7 +200,7 @@ def toy_pipeline(
         .build()
     )
     science = (
-        task("science")
+        task(science_name)
         .recipe(f"{name}.science")
         .main_input(RAW_SCIENCE)
         .input(dark, ("MASTER_DARK", "HOT_PIXEL_MAP"))
@@ -292,6 +296,15 @@ def test_parameter_declared_on_one_side_refuses_the_pipeline(
     registry.add_entry("toy", "tests:toy", lambda: pipeline)
     assert registry.pipelines == {}
     assert registry.refused == {"toy": f"task science (toy.science): {problem}"}
+
+
+def test_a_task_named_raw_refuses_the_pipeline() -> None:
+    """TARGET=raw asks for the raw frame as archived: no task may take that name."""
+    registry = Registry()
+    registry.add_entry("toy", "tests:toy", lambda: toy_pipeline(science_name="Raw"))
+    assert registry.pipelines == {}
+    assert "task or subworkflow 'Raw': the name is reserved (TARGET=raw" in registry.refused["toy"]
+    assert check_pipeline(toy_pipeline(science_name="rawer")) == []
 
 
 def test_entry_point_that_cannot_be_used_is_refused_with_the_reason() -> None:

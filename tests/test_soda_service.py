@@ -1,4 +1,10 @@
-"""SODA over HTTP: /soda/sync cutouts of raw files and products, async cutout results."""
+"""SODA over HTTP: /soda/sync and /soda/async are one operation.
+
+The same parameters mean the same on both routes (docs/soda.md): ``TARGET=raw`` cuts the
+raw frame as archived, a product ID cuts the product, a raw ID alone is that frame reduced
+to the pipeline's default target, and each gives the same bytes on both (sync answering a
+reduction only from the step cache).
+"""
 
 from __future__ import annotations
 
@@ -71,12 +77,15 @@ async def _soda_error(response, status: int, label: str) -> str:
     return text
 
 
+RAW = {"TARGET": "raw"}  # the raw frame as archived, no reduction
+
+
 async def test_sync_raw_cutouts_and_errors(svc: Harness) -> None:
     header = _raw_header(svc, svc.complete_id)
     ra, dec = _sky(header, 20.0, 30.0)
     circle = f"{ra} {dec} {4 / 3600}"
     hdul = await _fits(
-        await svc.client.get("/soda/sync", params={"ID": svc.complete_id, "CIRCLE": circle})
+        await svc.client.get("/soda/sync", params={"ID": svc.complete_id, "CIRCLE": circle, **RAW})
     )
     cut = hdul[0].header
     assert hdul[0].data.shape[0] < 20 and hdul[0].data.shape[1] < 20
@@ -84,15 +93,25 @@ async def test_sync_raw_cutouts_and_errors(svc: Harness) -> None:
     assert float(separation(ra, dec, *_sky(cut, 20.0 - x0, 30.0 - y0))) < 1e-9
     # POST form, lower-case names, the same cutout
     posted = await _fits(
-        await svc.client.post("/soda/sync", data={"id": svc.complete_id, "circle": circle})
+        await svc.client.post(
+            "/soda/sync", data={"id": svc.complete_id, "circle": circle, "target": "RAW"}
+        )
     )
     assert (posted[0].data == hdul[0].data).all()
+    # without TARGET a raw ID means its reduction, answered only once cached
+    text = await _soda_error(
+        await svc.client.get("/soda/sync", params={"ID": svc.complete_id, "CIRCLE": circle}),
+        400,
+        "UsageError",
+    )
+    assert "/soda/async" in text and "TARGET=raw" in text
     # no overlap: 204 without a body
     far = await svc.client.get(
-        "/soda/sync", params={"ID": svc.complete_id, "CIRCLE": f"{(ra + 90) % 360} {dec} 0.01"}
+        "/soda/sync",
+        params={"ID": svc.complete_id, "CIRCLE": f"{(ra + 90) % 360} {dec} 0.01", **RAW},
     )
     assert far.status == 204 and await far.read() == b""
-    nopol = await svc.client.get("/soda/sync", params={"ID": svc.complete_id, "POL": "V"})
+    nopol = await svc.client.get("/soda/sync", params={"ID": svc.complete_id, "POL": "V", **RAW})
     assert nopol.status == 204
     # bad values: 400 text/plain with SODA's labels
     bad = [
@@ -102,6 +121,13 @@ async def test_sync_raw_cutouts_and_errors(svc: Harness) -> None:
         ({"CIRCLE": circle}, 400, "UsageError"),
         ({"ID": "ivo://example.org/raw?nope.fits", "CIRCLE": circle}, 404, "UsageError"),
         ({"ID": svc.complete_id, "RESPONSEFORMAT": "image/png"}, 400, "UsageError"),
+        ({"ID": svc.complete_id, "flat.combine": "average", **RAW}, 400, "UsageError"),
+        ({"ID": svc.complete_id, "TARGET": "nosuchtask"}, 400, "UsageError"),
+        (
+            [("ID", svc.complete_id), *RAW.items(), *RAW.items()],
+            400,
+            "MultiValuedParamNotSupported",
+        ),
         (
             [("ID", svc.complete_id), ("CIRCLE", circle), ("CIRCLE", circle)],
             400,
@@ -120,21 +146,78 @@ async def test_sync_raw_cutouts_and_errors(svc: Harness) -> None:
     files = await svc.runtime.store.all_raw_files()
     bias = next(f.file_id for f in files if "bias" in f.path)
     text = await _soda_error(
-        await svc.client.get("/soda/sync", params={"ID": bias, "CIRCLE": circle}), 400, "UsageError"
+        await svc.client.get("/soda/sync", params={"ID": bias, "CIRCLE": circle, **RAW}),
+        400,
+        "UsageError",
     )
     assert "WCS" in text
     # pyvo's SODA query (as processed() sends it), over a real socket
     fetched = await asyncio.wait_for(
-        asyncio.to_thread(_pyvo_soda, svc.base, svc.complete_id, (ra, dec, 4 / 3600)), 60
+        asyncio.to_thread(_pyvo_soda, svc.base, svc.complete_id, (ra, dec, 4 / 3600), **RAW), 60
     )
     assert fits.open(io.BytesIO(fetched))[0].data.tolist() == hdul[0].data.tolist()
     message = await asyncio.wait_for(
-        asyncio.to_thread(_pyvo_soda, svc.base, svc.complete_id, (ra, dec, 0.01), POL="Z"), 60
+        asyncio.to_thread(_pyvo_soda, svc.base, svc.complete_id, (ra, dec, 0.01), POL="Z", **RAW),
+        60,
     )
     assert "UsageError: POL: unknown state" in message
     # a raw frame without filters: the whole image as plain FITS
-    whole = await _fits(await svc.client.get("/soda/sync", params={"ID": svc.complete_id}))
+    whole = await _fits(await svc.client.get("/soda/sync", params={"ID": svc.complete_id, **RAW}))
     assert whole[0].data.shape == (header["NAXIS2"], header["NAXIS1"])
+
+
+async def _async_bodies(
+    svc: Harness, pairs: list[tuple[str, str]], owner: dict[str, str] | None = None
+) -> tuple[list[str], list[bytes]]:
+    """An async job of these parameters run to COMPLETED: its result ids and cutout bodies
+    (and its page for people answers)."""
+    job_id = await svc.create([*pairs, ("PHASE", "RUN")], headers=owner)
+    doc = await svc.wait_final(job_id)
+    assert doc.findtext("uws:phase", namespaces=UWS) == "COMPLETED", etree.tostring(doc).decode()
+    results = list(doc.iterfind("uws:results/uws:result", UWS))
+    bodies = []
+    for result in results:
+        if result.get("id").startswith("cutout-"):
+            response = await svc.client.get(result.get(HREF).removeprefix(svc.base), headers=owner)
+            assert response.status == 200
+            bodies.append(await response.read())
+    page = await svc.client.get(f"/jobs/{job_id}", headers=owner)
+    assert page.status == 200 and "COMPLETED" in await page.text()
+    return [r.get("id") for r in results], bodies
+
+
+async def _sync_body(svc: Harness, pairs: list[tuple[str, str]]) -> bytes:
+    response = await svc.client.get("/soda/sync", params=pairs)
+    assert response.status == 200, await response.text()
+    return await response.read()
+
+
+async def test_raw_frames_as_archived_are_the_same_cut_on_sync_and_async(svc: Harness) -> None:
+    header = _raw_header(svc, svc.complete_id)
+    ra, dec = _sky(header, 20.0, 30.0)
+    ra2, dec2 = _sky(header, 41.0, 9.0)
+    pairs = [("ID", svc.complete_id), ("TARGET", "raw")]
+    circles = [("CIRCLE", f"{ra} {dec} {4 / 3600}"), ("CIRCLE", f"{ra2} {dec2} {3 / 3600}")]
+    ids, bodies = await _async_bodies(svc, [*pairs, *circles])
+    # a job that only cuts lists its cutouts, nothing of a reduction
+    assert ids == ["cutout-1", "cutout-2"]
+    for circle, body in zip(circles, bodies, strict=True):
+        assert body == await _sync_body(svc, [*pairs, circle])
+        cut = fits.open(io.BytesIO(body))[0]
+        assert cut.data.shape[0] < header["NAXIS2"] and cut.data.shape[1] < header["NAXIS1"]
+    # without filters: the whole frame as plain FITS, on both
+    _, (whole,) = await _async_bodies(svc, pairs)
+    assert whole == await _sync_body(svc, pairs)
+    assert fits.open(io.BytesIO(whole))[0].data.shape == (header["NAXIS2"], header["NAXIS1"])
+    # what a raw cutout refuses, at creation, as /soda/sync does
+    for bad, fragment in (
+        ([*pairs, ("flat.combine", "average")], "recipe parameters"),
+        ([("ID", "ivo://example.org/raw?no/such.fits"), ("TARGET", "raw")], "unknown ID"),
+        ([("TARGET", "raw")], "ID is required"),
+    ):
+        response = await svc.client.post("/soda/async", data=bad, allow_redirects=False)
+        assert response.status == 400, await response.text()
+        assert fragment in await response.text()
 
 
 async def test_async_cutouts_and_cached_sync_reduction(svc: Harness) -> None:
@@ -147,9 +230,9 @@ async def test_async_cutouts_and_cached_sync_reduction(svc: Harness) -> None:
         f"{(ra + 90) % 360} {dec} 0.01",
     ]
     # nothing is cached yet: sync refuses the reduction and points to async
-    params = {"ID": svc.complete_id, "TARGET": "science", "CIRCLE": circles[0]}
+    params = {"ID": svc.complete_id, "CIRCLE": circles[0]}
     text = await _soda_error(await svc.client.get("/soda/sync", params=params), 400, "UsageError")
-    assert "/soda/async" in text
+    assert "/soda/async" in text and "TARGET=raw" in text
     owner: dict[str, str] = {}  # anonymous: the harness waits without an identity
     job_id = await svc.create(
         [("ID", svc.complete_id), ("PHASE", "RUN"), *(("CIRCLE", c) for c in circles)],
@@ -186,16 +269,15 @@ async def test_async_cutouts_and_cached_sync_reduction(svc: Harness) -> None:
     # the products table still answers at results/result
     table = await svc.client.get(f"/soda/async/{job_id}/results/result", headers=owner)
     assert table.status == 200 and "votable" in table.content_type
-    # every step is cached now: the same reduction is answered synchronously
-    synced = await _fits(await svc.client.get("/soda/sync", params=params))
-    first = fits.open(
-        io.BytesIO(
-            await (
-                await svc.client.get(cutouts[0].get(HREF).split(svc.base, 1)[1], headers=owner)
-            ).read()
-        )
-    )
-    assert (synced[0].data == first[0].data).all()
+    # every step is cached now: the same reduction is answered synchronously, byte for byte
+    response = await svc.client.get(cutouts[0].get(HREF).split(svc.base, 1)[1], headers=owner)
+    first_body = await response.read()
+    synced_body = await _sync_body(svc, list(params.items()))
+    assert synced_body == first_body
+    explicit = await _sync_body(svc, [*params.items(), ("TARGET", "science")])  # the default
+    assert explicit == first_body
+    synced = fits.open(io.BytesIO(synced_body))
+    first = fits.open(io.BytesIO(first_body))
     assert "ivo://example.org/product?" in str(synced[0].header["HISTORY"])
     # the product itself by its ID: a cutout, and the whole file without filters
     job = await svc.runtime.service.jobs.get(job_id, any_owner=True)
@@ -224,6 +306,24 @@ async def test_async_cutouts_and_cached_sync_reduction(svc: Harness) -> None:
         400,
         "UsageError",
     )
+    # async takes product IDs too: a job that cuts them, the same bytes as sync
+    product_pairs = [("ID", product_id), ("CIRCLE", circles[1])]
+    ids, (cut,) = await _async_bodies(svc, product_pairs, owner)
+    assert ids == ["cutout-1"]
+    assert cut == await _sync_body(svc, product_pairs)
+    _, (itself,) = await _async_bodies(svc, [("ID", product_id)], owner)
+    assert itself == on_disk  # no filter: the product as it is, as sync serves it
+    for bad, fragment in (
+        ([("ID", product_id), ("TARGET", "science")], "TARGET"),
+        ([("ID", product_id), ("TARGET", "raw")], "TARGET"),
+        ([("ID", product_id), ("flat.combine", "average")], "recipe parameters"),
+        ([("ID", product_id), ("ID", svc.complete_id)], "product IDs and raw IDs"),
+        ([("ID", f"ivo://example.org/product?{'0' * 64}/x.fits")], "unknown ID"),
+        ([("ID", f"ivo://example.org/product?{png['step_key']}/{png['file']}")], "not a FITS"),
+    ):
+        response = await svc.client.post("/soda/async", data=bad, allow_redirects=False)
+        assert response.status == 400, await response.text()
+        assert fragment in await response.text(), bad
 
 
 async def test_async_job_refuses_malformed_soda_parameters(svc: Harness) -> None:

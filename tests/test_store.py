@@ -219,7 +219,8 @@ async def test_embedded_missing_executable(tmp_path: Path) -> None:
 
 
 async def test_open_store_embedded_and_by_url(tmp_path: Path, mongo: EmbeddedMongo) -> None:
-    settings = Settings(data_dir=tmp_path / "data", database="open_store_test")
+    # a command's store (a keeper's, no linger: it stops with this block)
+    settings = Settings(data_dir=tmp_path / "data", database="open_store_test", store_linger_s=0)
     async with open_store(settings) as db:
         await db.upsert_raw_files([raw("x.fits")])
         info = await db.raw_files.index_information()

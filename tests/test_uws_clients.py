@@ -30,6 +30,7 @@ import pytest
 import requests
 from lxml import etree
 
+from tests.support.schemas import missing
 from tests.test_serve import (
     FINAL,
     NS,
@@ -94,7 +95,7 @@ def session(served: Served) -> Iterator[requests.Session]:
 def _stilts() -> str:
     stilts = shutil.which("stilts")
     if stilts is None:
-        pytest.skip("stilts not on PATH (Debian package stilts)")
+        missing("stilts not on PATH (Debian package stilts)")
     return stilts
 
 
@@ -202,7 +203,7 @@ def test_stilts_xsdvalidate_documents(
 ) -> None:
     _stilts()
     if not (SHARED_SCHEMAS / "UWS-v1.1.xsd").is_file():
-        pytest.skip(f"UWS 1.1 XSD not found at {SHARED_SCHEMAS} (../shared missing)")
+        missing(f"UWS 1.1 XSD not found at {SHARED_SCHEMAS} (../shared missing)")
     base = served.base
     pending = create_job(
         session, base, {"ID": frames["xsd"], "RUNID": "xsd", "flat.combine": "median"}

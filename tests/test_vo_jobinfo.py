@@ -25,6 +25,7 @@ from soda_reduce.vo.jobinfo import (
     parse_jobinfo,
 )
 from soda_reduce.vo.uws import JobSummary, Phase
+from tests.support.schemas import missing
 from tests.test_vo_uws import SCHEMA_DIR, _OfflineResolver
 
 OUR_SCHEMAS = Path(__file__).resolve().parents[1] / "vo_schemas"
@@ -88,7 +89,7 @@ def _uws_parser() -> etree.XMLParser:
 def uws_schema() -> etree.XMLSchema:
     path = SCHEMA_DIR / "UWS-v1.1.xsd"
     if not path.is_file():
-        pytest.skip(f"UWS 1.1 XSD not found at {path} (../shared/vo_schemas missing)")
+        missing(f"UWS 1.1 XSD not found at {path} (../shared/vo_schemas missing)")
     return etree.XMLSchema(etree.parse(str(path), _uws_parser()))
 
 
@@ -292,7 +293,7 @@ def test_stilts_xsdvalidate_agrees(status: str, ok: bool, tmp_path: Path) -> Non
     """A second, Java (Xerces) validator, as the README tells client developers to use."""
     stilts = shutil.which("stilts")
     if stilts is None:
-        pytest.skip("stilts not on PATH")
+        missing("stilts not on PATH")
     (el,) = jobinfo_elements(FULL)
     el.find("sr:steps/sr:step", NS).set("status", status)
     path = tmp_path / "reduction.xml"

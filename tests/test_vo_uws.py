@@ -25,6 +25,7 @@ from soda_reduce.vo.uws import (
     Phase,
     Result,
 )
+from tests.support.schemas import missing
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vo_schemas"
 NS = {"uws": uws.UWS_NS, "xlink": uws.XLINK_NS, "xsi": uws.XSI_NS}
@@ -53,7 +54,7 @@ class _OfflineResolver(etree.Resolver):
 def uws_schema() -> etree.XMLSchema:
     path = SCHEMA_DIR / "UWS-v1.1.xsd"
     if not path.is_file():
-        pytest.skip(f"UWS 1.1 XSD not found at {path} (../shared/vo_schemas missing)")
+        missing(f"UWS 1.1 XSD not found at {path} (../shared/vo_schemas missing)")
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
     parser.resolvers.add(_OfflineResolver())
     return etree.XMLSchema(etree.parse(str(path), parser))
@@ -333,7 +334,7 @@ def test_error_votable_parses_with_astropy() -> None:
 def test_error_votable_passes_votlint(tmp_path: Path) -> None:
     stilts = shutil.which("stilts")
     if stilts is None:
-        pytest.skip("stilts not on PATH")
+        missing("stilts not on PATH")
     path = tmp_path / "error.vot"
     path.write_bytes(dali.render_error_votable("no such dataset"))
     proc = subprocess.run(

@@ -37,6 +37,9 @@ from soda_reduce.reduction.tasks import Cascade, Task
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 LIBRARY_INDEX = "library.json"
+# target names with a meaning of their own in requests: TARGET=raw is the raw frame as
+# archived, no reduction (soda_reduce/vo/job_request.py RAW_TARGET)
+RESERVED_TARGETS = frozenset({"raw"})
 
 
 class PipelineError(ValueError):
@@ -158,6 +161,13 @@ def check_pipeline(pipeline: Pipeline) -> list[str]:
         if not item.name.startswith(pipeline.name + "."):
             problems.append(f"recipe {item.name} must be named {pipeline.name}.<recipe>")
         recipes[item.name] = item
+    cascade = pipeline.cascade
+    for name in [*(t.name for t in cascade.tasks), *(f.name for f in cascade.subworkflows)]:
+        if name.lower() in RESERVED_TARGETS:
+            problems.append(
+                f"task or subworkflow {name!r}: the name is reserved (TARGET={name.lower()} "
+                "asks for the raw frame as archived, without reduction)"
+            )
     try:
         library = pipeline.static_library()
     except PipelineError as exc:

@@ -12,6 +12,7 @@ from soda_reduce.reduction.tasks import Cascade, Task
 
 
 def _quote(text: str) -> str:
+    """A DOT string: quotes and backslashes escaped, line breaks as DOT's ``\\n``."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
@@ -28,8 +29,8 @@ def cascade_dot(cascade: Cascade) -> str:
     ]
     for source in cascade.data_sources:
         grouping = ", ".join(source.group_by) or "one per file"
-        label = f"{source.category}\\n({source.name})\\ngroup: {grouping}"
-        lines.append(f'  {_source_node(source)} [shape=folder, label="{label}"];')
+        label = f"{source.category}\n({source.name})\ngroup: {grouping}"
+        lines.append(f"  {_source_node(source)} [shape=folder, label={_quote(label)}];")
     in_subworkflow = {name for sub in cascade.subworkflows for name in sub.tasks}
     for index, sub in enumerate(cascade.subworkflows):
         lines.append(f"  subgraph cluster_{index} {{")
@@ -56,10 +57,10 @@ def cascade_dot(cascade: Cascade) -> str:
 def _task_node(item: Task, cascade: Cascade) -> str:
     colour = "lightblue" if item.science else "palegreen"
     target = " (default target)" if item.name == cascade.default_target else ""
-    label = f"{item.name}{target}\\n{item.recipe} v{item.recipe_version}\\n-> {item.products}"
+    label = f"{item.name}{target}\n{item.recipe} v{item.recipe_version}\n-> {item.products}"
     return (
         f'{_source_node(item)} [shape=box, style="rounded,filled", fillcolor={colour}, '
-        f'label="{label}"];'
+        f"label={_quote(label)}];"
     )
 
 
@@ -76,8 +77,8 @@ def plan_dot(plan: ReductionPlan) -> str:
         if job.complete and job.job_id in targets:
             colour = "lightblue"
         levels = [a.level for a in job.associations if a.level is not None]
-        quality = f"\\nlevel {max(levels)}" if levels and max(levels) > 0 else ""
-        label = f"{job.label}{quality}\\n{job.job_id}"
+        quality = f"\nlevel {max(levels)}" if levels and max(levels) > 0 else ""
+        label = f"{job.label}{quality}\n{job.job_id}"
         lines.append(f"  {_quote(job.job_id)} [fillcolor={colour}, label={_quote(label)}];")
     for job in plan.jobs:
         for assoc in job.associations:

@@ -3,8 +3,45 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from soda_reduce.reduction.plan import LEVEL_WORDS, PlanJob, ReductionPlan
+from soda_reduce.reduction.plan import LEVEL_WORDS, AssociationResult, PlanJob, ReductionPlan
+
+
+@dataclass(frozen=True)
+class AssociationView:
+    """One association of one job as a person reads it: the text report prints it as a
+    line, the job page as a table row with links (one wording for both)."""
+
+    category: str
+    status: str  # matched | missing | absent | skipped
+    level: int | None
+    quality: str  # "level 0 (same night)"; "-" when no level was reached
+    chosen: tuple[tuple[str, str], ...]  # (job id or file id, what to call it)
+    reason: str | None
+
+    @property
+    def summary(self) -> str:
+        """Everything after the category: the quality reached, or why there is none."""
+        if self.status == "matched":
+            return f"{self.quality} <- {', '.join(label for _, label in self.chosen)}"
+        if self.status == "skipped":
+            return f"not used ({self.reason})"
+        if self.status == "absent":
+            return f"optional, none found ({self.reason})"
+        return f"MISSING ({self.reason})"
+
+    @property
+    def line(self) -> str:
+        return f"{self.category}: {self.summary}"
+
+
+def association_view(assoc: AssociationResult, jobs: Mapping[str, PlanJob]) -> AssociationView:
+    """A chosen job is named by its label, a chosen file by the part of its ID after "?"."""
+    chosen = tuple((c, jobs[c].label if c in jobs else c.rsplit("?", 1)[-1]) for c in assoc.chosen)
+    quality = _level_text(assoc.level, assoc.window)
+    return AssociationView(assoc.category, assoc.status, assoc.level, quality, chosen, assoc.reason)
 
 
 def _level_text(level: int | None, window: str | None) -> str:
@@ -67,22 +104,7 @@ def format_plan(plan: ReductionPlan, verbose: bool = False) -> str:
 
 
 def _association_lines(job: PlanJob, by_id: dict[str, PlanJob], indent: str) -> list[str]:
-    lines = []
-    for assoc in job.associations:
-        if assoc.status == "matched":
-            chosen = ", ".join(
-                by_id[c].label if c in by_id else c.rsplit("?", 1)[-1] for c in assoc.chosen
-            )
-            lines.append(
-                f"{indent}{assoc.category}: {_level_text(assoc.level, assoc.window)} <- {chosen}"
-            )
-        elif assoc.status == "skipped":
-            lines.append(f"{indent}{assoc.category}: not used ({assoc.reason})")
-        elif assoc.status == "absent":
-            lines.append(f"{indent}{assoc.category}: optional, none found ({assoc.reason})")
-        else:
-            lines.append(f"{indent}{assoc.category}: MISSING ({assoc.reason})")
-    return lines
+    return [f"{indent}{association_view(a, by_id).line}" for a in job.associations]
 
 
 def _value(value: object) -> str:

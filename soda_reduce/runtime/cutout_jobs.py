@@ -1,4 +1,9 @@
-"""The SODA cutouts of an async job: one result per target product and combination of values.
+"""The SODA cutouts of an async job: one result per dataset and combination of values.
+
+A job cuts the target products of its reduction, or, when it only cuts
+(vo/job_request.py `JobKind`), the raw frames or the products its IDs name
+(`request_targets`): each the same cutout /soda/sync makes of the same
+parameters, byte for byte (the same code, and the dataset's ID in its HISTORY).
 
 A job's SODA values multiply (SODA 1.0 section 6), so its cutouts are bounded and
 interruptible:
@@ -23,14 +28,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from soda_reduce.runtime.archive_boundary import servable
 from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, Cutout, NoOverlap, cut_fits
+from soda_reduce.runtime.products import ProductStore
+from soda_reduce.runtime.store import Store
+from soda_reduce.vo.job_request import JobKind, JobRequest
 from soda_reduce.vo.soda import SodaFilter, SodaUsageError
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,69 @@ log = logging.getLogger(__name__)
 MAX_CUTOUTS_CEILING = 10_000
 ROW_FIELDS = ("name", "content_type", "size", "ok")
 STOP_WAIT_S = 10.0  # a cancelled cut waits this long at most for the cutout in hand
+_STEP_KEY = re.compile(r"[0-9a-f]{64}\Z")
+_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\Z")
+
+
+class CutTarget(NamedTuple):
+    """One dataset a job cuts.
+
+    ``source`` is its ID, which the cutouts' HISTORY names; ``problem``, when set, is
+    why it cannot be read (each of its results is then that text); ``as_is``: with no
+    filter the file itself is the result (a product, as /soda/sync serves it).
+    """
+
+    path: Path | None
+    source: str
+    problem: str | None = None
+    as_is: bool = False
+
+
+def product_id(authority: str, step_key: str, file: str) -> str:
+    return f"ivo://{authority}/product?{step_key}/{file}"
+
+
+def reduction_targets(
+    rows: Sequence[dict[str, Any]], products: ProductStore, authority: str
+) -> list[CutTarget]:
+    """A reduction's target FITS products (its main products of the target task)."""
+    return [
+        CutTarget(
+            products.step_dir(r["step_key"]) / r["file"],
+            product_id(authority, r["step_key"], r["file"]),
+        )
+        for r in rows
+        if r.get("target") and r.get("main") and r.get("content_type") == FITS_MEDIA_TYPE
+    ]
+
+
+async def request_targets(
+    request: JobRequest, store: Store, archive_root: Path, products: ProductStore
+) -> list[CutTarget]:
+    """The raw frames (as archived) or products a cutout job's IDs name, in their order.
+
+    Checked again here, not only at creation: a raw file may have left the archive (or
+    become a link out of it) and a product may have been collected since.
+    """
+    if request.kind is JobKind.RAW_CUTOUT:
+        files = {raw.file_id: raw for raw in await store.raw_files_by_id(request.ids)}
+        targets = []
+        for file_id in request.ids:
+            raw = files.get(file_id)
+            path = await asyncio.to_thread(servable, archive_root, raw.path) if raw else None
+            problem = None if path else f"{file_id} is no longer in the archive"
+            targets.append(CutTarget(path, file_id, problem))
+        return targets
+    targets = []
+    for identifier in request.ids:
+        key, _, name = identifier.partition("?")[2].partition("/")
+        path = products.step_dir(key) / name if _STEP_KEY.match(key) and _FILE.match(name) else None
+        if path is None or not await asyncio.to_thread(path.is_file):
+            problem = f"{identifier} is no longer stored (its step was collected)"
+            targets.append(CutTarget(None, identifier, problem))
+        else:
+            targets.append(CutTarget(path, identifier, as_is=True))
+    return targets
 
 
 @dataclass(frozen=True)
@@ -63,7 +136,7 @@ class CutoutsStopped(Exception):
 
 def cut_products(
     out_dir: Path,
-    targets: Sequence[tuple[Path, str]],
+    targets: Sequence[CutTarget | tuple[Path, str]],
     filters: Sequence[SodaFilter],
     *,
     limits: CutoutLimits | None = None,
@@ -72,9 +145,11 @@ def cut_products(
     """One result per (target, filter): a FITS cutout, or a text/plain document starting
     with a SODA error label when that combination selects nothing or cannot apply.
 
-    ``targets``: (file, source label) pairs. Returns the rows for the job document
-    (`ROW_FIELDS`), in order: result N is ``cutout-N-<product stem>.fits`` or ``.txt``.
+    ``targets``: `CutTarget`s, or (file, source label) pairs. Returns the rows for the
+    job document (`ROW_FIELDS`), in order: result N is ``cutout-N-<stem>.fits`` or
+    ``.txt``.
     """
+    targets = [t if isinstance(t, CutTarget) else CutTarget(*t) for t in targets]
     limits = limits or CutoutLimits()
     total = len(targets) * len(filters)
     if total > limits.count:
@@ -85,15 +160,15 @@ def cut_products(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     written = 0
-    for path, source in targets:
-        stem = path.name.split(".")[0] or "image"
+    for target in targets:
+        stem = _stem(target)
         for flt in filters:
             _check(stop)
             n = len(rows) + 1
             row = _done_before(out_dir, n, stem)
             body = b""
             if row is None:
-                name, body, media = _cut_one(path, source, flt, n, stem)
+                name, body, media = _cut_one(target, flt, n, stem)
                 row = {"name": name, "content_type": media, "size": len(body)}
                 row["ok"] = media == FITS_MEDIA_TYPE
             if written + row["size"] > limits.max_bytes:
@@ -111,7 +186,7 @@ def cut_products(
 
 async def cut_in_thread(
     out_dir: Path,
-    targets: Sequence[tuple[Path, str]],
+    targets: Sequence[CutTarget],
     filters: Sequence[SodaFilter],
     limits: CutoutLimits,
 ) -> list[dict[str, Any]]:
@@ -158,8 +233,19 @@ def _done_before(out_dir: Path, n: int, stem: str) -> dict[str, Any] | None:
     return None
 
 
-def _cut_one(path: Path, source: str, flt: SodaFilter, n: int, stem: str) -> tuple[str, bytes, str]:
+def _stem(target: CutTarget) -> str:
+    name = target.path.name if target.path is not None else target.source.rsplit("/", 1)[-1]
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", name.split(".")[0])[:100]
+    return stem.lstrip("._+-") or "image"
+
+
+def _cut_one(target: CutTarget, flt: SodaFilter, n: int, stem: str) -> tuple[str, bytes, str]:
     """(file name, body, media type) of result N."""
+    path, source = target.path, target.source
+    if target.problem is not None or path is None:
+        return f"cutout-{n}-{stem}.txt", f"UsageError: {target.problem}\n".encode(), "text/plain"
+    if flt.empty and target.as_is:  # the product itself, as /soda/sync serves it
+        return f"cutout-{n}-{stem}.fits", path.read_bytes(), FITS_MEDIA_TYPE
     try:
         result: Cutout | NoOverlap | str = cut_fits(path, flt, source=source)
     except SodaUsageError as exc:

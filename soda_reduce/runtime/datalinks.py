@@ -20,12 +20,13 @@ from typing import Any
 
 from astropy.io import fits
 
-from soda_reduce.reduction.cascade import DataSource, Param
+from soda_reduce.reduction.cascade import Param
 from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.organisation import make_frame
 from soda_reduce.reduction.plan import PlanJob, PlanRequestError, ReductionPlan
 from soda_reduce.reduction.tasks import Task
 from soda_reduce.runtime.archive_plans import ArchivePipelines
+from soda_reduce.runtime.job_checks import default_target, reducing_tasks
 from soda_reduce.runtime.products import LOG_NAME, ProductError, ProductStore
 from soda_reduce.runtime.store import Store
 
@@ -63,15 +64,6 @@ class RawReduction:
     types: tuple[str, ...] = ()  # every type of the frame
 
 
-def bottom_source(task: Task) -> DataSource:
-    """The data source under a task's chain of main inputs (what its request IDs select)."""
-    while isinstance(task.main.source, Task):
-        task = task.main.source
-    source = task.main.source
-    assert isinstance(source, DataSource)
-    return source
-
-
 def _closure(tasks: Sequence[Task]) -> set[str]:
     names: set[str] = set()
     stack = list(tasks)
@@ -95,7 +87,7 @@ def raw_reduction(
     cascade = pipeline.cascade
     frame = make_frame(cascade, raw)
     category = frame.category
-    targets = tuple(t for t in cascade.tasks if frame.has(bottom_source(t).category))
+    targets = reducing_tasks(cascade, [frame])
     names = tuple(t.name for t in targets)
     needed = _closure(targets)
     parameters = [
@@ -103,8 +95,7 @@ def raw_reduction(
     ]
     if targets:
         parameters += [(p.name, p) for p in cascade.workflow_params]
-    default = cascade.default_target if cascade.default_target in names else None
-    default = default or (names[0] if names else None)
+    default = default_target(cascade, [frame])  # what a request without TARGET reduces to
     facts = {"pipeline": pipeline.name, "types": frame.categories}
     if raw.problem or default is None:
         why = raw.problem or (

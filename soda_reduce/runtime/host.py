@@ -103,7 +103,9 @@ async def open_runtime(
         max_active_jobs=settings.max_active_jobs,
     )
     request_limits = RequestLimits(max_cutout_combinations=settings.max_cutout_combinations)
-    service = JobService(store, pipelines, queue, events, limits, request_limits)
+    service = JobService(
+        store, pipelines, queue, events, limits, request_limits, authority=settings.authority
+    )
     runtime = Runtime(
         settings,
         store,
@@ -139,6 +141,7 @@ async def open_runtime(
                 lease_s=lease,
                 runner=RunnerConfig(lease_s=lease),
                 cutouts=CutoutLimits(settings.max_cutouts, settings.max_job_bytes),
+                authority=settings.authority,
             )
             runtime.worker = Worker(
                 store,

@@ -64,15 +64,19 @@ class JobLists:
         last: int | None = None,
         *,
         fields: Iterable[str] = (),
+        before: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """At most `MAX_LIST` rows, newest first when LAST is given, otherwise oldest first
         (a client pages on with AFTER, the last row's time). No PHASE filter leaves
-        ARCHIVED jobs out (UWS 1.1 section 2.2.1.1). ``fields``: more to project."""
+        ARCHIVED jobs out (UWS 1.1 section 2.2.1.1). ``fields``: more to project.
+        ``before`` (newest first only): jobs created before it, the HTML list's next page."""
         wanted = {p.value for p in phases}
         limit = min(last or MAX_LIST, MAX_LIST)
         newest_first = last is not None
         edge = datetime.now(UTC) + timedelta(minutes=1)  # creation times never lie beyond
         floor = edge - MAX_JOB_AGE - timedelta(days=1)
+        if before is not None and newest_first:
+            edge = max(min(edge, before), floor)
         if not newest_first:
             first = await self.first_creation(owner)  # None: jobs from before job_owners
             if first is not None:

@@ -204,9 +204,10 @@ class JobStore:
         last: int | None = None,
         *,
         fields: Iterable[str] = (),
+        before: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Job-list rows (`runtime/job_lists.py`): newest first with LAST, else oldest first."""
-        return await self.lists.rows(owner, phases, after, last, fields=fields)
+        return await self.lists.rows(owner, phases, after, last, fields=fields, before=before)
 
     async def count_active(self, owner: str | None, up_to: int) -> int:
         """Jobs of ``owner`` not yet final (PENDING, HELD, QUEUED, EXECUTING, SUSPENDED),

@@ -4,11 +4,14 @@ A finished step's products live in ``ROOT/steps/ab/abcdef.../``: same key,
 same place, whoever computed it. Attempts run in ``ROOT/scratch/`` on the same
 file system and are moved into place with one atomic rename, so a reader
 never sees half a product directory, and two runners finishing the same key
-cannot mix their files.
+cannot mix their files. Committed files are made read-only: they are shared by
+every later run, and ``reduce --out`` hard-links them into users' folders
+(`runtime.product_links`), where an edit in place would change them for all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,6 +56,7 @@ class ProductStore:
         log = workdir / LOG_NAME
         if log.is_file():
             shutil.copyfile(log, out / LOG_NAME)
+        _read_only(out)
         target = self.step_dir(step_key)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -76,6 +80,17 @@ class ProductStore:
             if str(item.get("category", "")).upper() == category.upper():
                 return self.step_dir(step_key) / item["file"]
         raise ProductError(f"step {step_key[:12]} made no {category} product")
+
+
+def _read_only(folder: Path) -> None:
+    """Take the write bits off every file below ``folder`` (directories keep theirs, so
+    the sweeper can still remove a step)."""
+    for parent, _, names in os.walk(folder):  # bounded by the step's own files
+        for name in names:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):  # a pod's files may be another user's
+                    os.chmod(path, os.stat(path).st_mode & ~0o222)
 
 
 def main_product(

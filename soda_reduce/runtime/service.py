@@ -20,13 +20,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from soda_reduce.pipelines import Pipeline
-from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.index_model import DEFAULT_AUTHORITY, RawFile
 from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
-from soda_reduce.reduction.planner import split_parameters
-from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.broker import BrokerUnavailable, PlanQueue
 from soda_reduce.runtime.events import JobEvents
+from soda_reduce.runtime.job_checks import ReductionRequest, RequestChecks
 from soda_reduce.runtime.job_lists import MAX_JOB_AGE
 from soda_reduce.runtime.jobs import JobError, JobRecord, JobStore, utcnow
 from soda_reduce.runtime.store import Store
@@ -37,6 +36,7 @@ from soda_reduce.vo.dali import (
     UsageError,
 )
 from soda_reduce.vo.job_request import (
+    JobKind,
     JobRequest,
     RequestLimits,
     check_request_limits,
@@ -47,6 +47,8 @@ from soda_reduce.vo.uws import ACTIVE, FINAL, Phase
 log = logging.getLogger(__name__)
 
 DEFAULT_STEP_S = 30.0  # quote for a recipe never run here before
+CUTOUT_S = 0.5  # quote per cutout of a job that only cuts
+__all__ = ["JobService", "Limits", "ReductionRequest"]
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,6 @@ class Limits:
     requeue_after: timedelta = timedelta(minutes=1)  # RUN on a QUEUED job older republishes
 
 
-@dataclass(frozen=True)
-class ReductionRequest:
-    """The job parameters the planner understands, validated."""
-
-    ids: tuple[str, ...]
-    target: str | None
-    parameters: dict[str, str]  # task.param and workflow parameters, as given
-
-
 class JobService:
     def __init__(
         self,
@@ -78,6 +71,8 @@ class JobService:
         events: JobEvents,
         limits: Limits | None = None,
         request_limits: RequestLimits | None = None,
+        *,
+        authority: str = DEFAULT_AUTHORITY,
     ) -> None:
         self.store = store
         self.jobs = JobStore(store)
@@ -87,6 +82,7 @@ class JobService:
         self.events = events
         self.limits = limits or Limits()
         self.request_limits = request_limits or RequestLimits()
+        self.checks = RequestChecks(store, pipelines, authority)
         self._files: tuple[int, list[RawFile]] | None = None
 
     # ------------------------------------------------------------ parameters
@@ -96,70 +92,17 @@ class JobService:
         validated geometrically, which costs CPU in proportion to what a client sends."""
         return await asyncio.to_thread(parse_job_request, pairs, self.request_limits)
 
-    def reduction_request(
-        self, request: JobRequest, cascade: Cascade | None = None
-    ) -> ReductionRequest:
-        """Check a typed request against a pipeline's cascade (default: the default
-        pipeline's); UsageError with the reason if it does not fit.
-
-        Unknown bare names are kept and ignored, as DALI asks of services, unless the
-        cascade declares them as workflow parameters; ``task.param`` names must name a
-        real task parameter.
-        """
-        cascade = cascade or self.cascade
-        target = request.target
-        if target is not None:
-            try:
-                found = cascade.targets(target)
-                target = found[0].name if len(found) == 1 else target.lower()
-            except KeyError:
-                names = ", ".join([*(t.name for t in cascade.tasks), *cascade.meta_targets])
-                raise UsageError(
-                    f"unknown TARGET {target!r} for the {cascade.name} pipeline (targets: {names})"
-                ) from None
-        workflow = {p.name.upper(): p.name for p in cascade.workflow_params}
-        recipe = dict(request.recipe)
-        for name, value in request.other:
-            key = workflow.get(name.upper())
-            if key is None:
-                continue
-            if key in recipe and recipe[key] != value:
-                raise UsageError(f"parameter {name} given more than once")
-            recipe[key] = value
-        try:
-            split_parameters(cascade, recipe)
-        except PlanRequestError as exc:
-            raise UsageError(str(exc)) from None
-        return ReductionRequest(request.ids, target, recipe)
-
-    async def pipeline_for(self, ids: Sequence[str]) -> Pipeline:
-        """The pipeline claiming the requested files; UsageError if unknown, unclaimed, or
-        of several pipelines. Without IDs, the default pipeline."""
-        if not ids:
-            return self.pipelines.default
-        files = {raw.file_id: raw for raw in await self.store.raw_files_by_id(ids)}
-        unknown = [i for i in ids if i not in files]
-        if unknown:
-            raise UsageError(f"unknown ID {unknown[0]!r}: not a raw file of this archive")
-        names: dict[str, None] = {}
-        for file_id in ids:
-            raw = files[file_id]
-            pipeline = self.pipelines.of(raw)
-            if pipeline is None:
-                why = raw.claim or "no pipeline claims it"
-                raise UsageError(f"ID {file_id!r} cannot be reduced here: {why}")
-            names[pipeline.name] = None
-        if len(names) > 1:
-            raise UsageError(
-                f"the IDs belong to different pipelines ({', '.join(names)}): "
-                "send one job per pipeline"
-            )
-        return self.pipelines.get(next(iter(names)))
-
     async def checked_request(self, request: JobRequest) -> tuple[ReductionRequest, Pipeline]:
-        """The request checked against the pipeline its IDs belong to."""
-        pipeline = await self.pipeline_for(request.ids)
-        return self.reduction_request(request, pipeline.cascade), pipeline
+        """A reduction request checked against the pipeline its IDs belong to (TARGET
+        defaulted per frame, `runtime.job_checks`)."""
+        return await self.checks.reduction(request)
+
+    async def check(self, request: JobRequest) -> None:
+        """Whatever its kind, the request names what exists here; UsageError if not."""
+        if request.kind is JobKind.REDUCTION:
+            await self.checks.reduction(request)
+        else:
+            await self.checks.cutout(request)
 
     def clamp_duration(self, seconds: int | None) -> int:
         """The server may lower a requested executionDuration to its maximum (UWS 1.1 2.2.3.4)."""
@@ -186,7 +129,7 @@ class JobService:
     async def create(self, owner: str | None, request: JobRequest) -> JobRecord:
         if request.phase not in (None, Phase.QUEUED):
             raise UsageError("PHASE at creation may only be RUN")
-        await self.checked_request(request)
+        await self.check(request)
         active = await self.jobs.count_active(owner, self.limits.max_active_jobs)
         if active >= self.limits.max_active_jobs:
             raise TooManyRequestsError(
@@ -219,7 +162,7 @@ class JobService:
             raise ForbiddenError(f"parameters cannot change in phase {job.phase.value}")
         merged = job.request.updated(change, names)
         check_request_limits(merged, self.request_limits)
-        await self.checked_request(merged)
+        await self.check(merged)
         changes: dict[str, Any] = {
             "request": merged.to_doc(),
             "parameters": [list(p) for p in merged.parameters()],
@@ -341,14 +284,10 @@ class JobService:
         )
 
     async def run(self, job: JobRecord) -> JobRecord:
-        """PENDING -> QUEUED with the plan stored, then publish; or ERROR with the reason."""
+        """PENDING -> QUEUED with the plan stored (a job that only cuts has none), then
+        publish; or ERROR with the reason."""
         try:
-            plan = await self.plan(job)
-            if not plan.complete:
-                reasons = [f"{d.label}: {'; '.join(d.reasons)}" for d in plan.datasets]
-                if not plan.datasets:
-                    reasons = ["nothing to reduce for this selection"]
-                raise PlanRequestError("cannot be reduced: " + " | ".join(reasons))
+            changes = await self._queued_fields(job)
         except (PlanRequestError, UsageError) as exc:
             await self.jobs.transition(
                 job.job_id,
@@ -358,23 +297,36 @@ class JobService:
             )
             await self.events.publish(job.job_id, Phase.ERROR.value)
             return await self.get(job.job_id, job.owner)
-        now = utcnow()
         won = await self.jobs.transition(
-            job.job_id,
-            Phase.QUEUED,
-            expect=(Phase.PENDING, Phase.HELD),
-            changes={
-                "plan": plan.to_dict(),
-                "queued_time": now,
-                "published": False,
-                "quote": now + timedelta(seconds=await self.estimate_seconds(plan)),
-                "progress": {"done": 0, "failed": 0, "total": len(plan.runnable_jobs())},
-            },
+            job.job_id, Phase.QUEUED, expect=(Phase.PENDING, Phase.HELD), changes=changes
         )
         if won:
             await self.events.publish(job.job_id, Phase.QUEUED.value)
             await self.publish(job.job_id)
         return await self.get(job.job_id, job.owner)
+
+    async def _queued_fields(self, job: JobRecord) -> dict[str, Any]:
+        """What RUN stores: a reduction's plan and quote, or a cutout job's quote (its IDs
+        checked again: a product may have been collected since creation)."""
+        now = utcnow()
+        request = job.request
+        fields: dict[str, Any] = {"queued_time": now, "published": False}
+        if request.kind.cuts_only:
+            await self.checks.cutout(request)
+            count = len(request.ids) * len(request.soda.filters())
+            return {**fields, "quote": now + timedelta(seconds=CUTOUT_S * count)}
+        plan = await self.plan(job)
+        if not plan.complete:
+            reasons = [f"{d.label}: {'; '.join(d.reasons)}" for d in plan.datasets]
+            if not plan.datasets:
+                reasons = ["nothing to reduce for this selection"]
+            raise PlanRequestError("cannot be reduced: " + " | ".join(reasons))
+        return {
+            **fields,
+            "plan": plan.to_dict(),
+            "quote": now + timedelta(seconds=await self.estimate_seconds(plan)),
+            "progress": {"done": 0, "failed": 0, "total": len(plan.runnable_jobs())},
+        }
 
     async def publish(self, job_id: str, *, again: bool = False) -> bool:
         """Hand the job to the broker; False if it could not confirm (the sweeper retries).

@@ -27,10 +27,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from soda_reduce.reduction.index_model import DEFAULT_AUTHORITY
 from soda_reduce.reduction.plan import ReductionPlan
 from soda_reduce.runtime.broker import Delivery, PlanQueue
-from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, cutouts_dir
-from soda_reduce.runtime.cutout_jobs import CutoutLimitExceeded, CutoutLimits, cut_in_thread
+from soda_reduce.runtime.cutout import cutouts_dir
+from soda_reduce.runtime.cutout_jobs import (
+    CutoutLimitExceeded,
+    CutoutLimits,
+    CutTarget,
+    cut_in_thread,
+    reduction_targets,
+    request_targets,
+)
 from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.executors.base import Executor
 from soda_reduce.runtime.jobs import JobError, JobRecord, JobStore, utcnow
@@ -39,7 +47,6 @@ from soda_reduce.runtime.public_text import public_message
 from soda_reduce.runtime.runner import PlanOutcome, PlanRunner, RunnerConfig
 from soda_reduce.runtime.store import Store
 from soda_reduce.runtime.supervisor import Stop, Supervisor
-from soda_reduce.vo.dali import UsageError
 from soda_reduce.vo.uws import Phase
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,7 @@ class WorkerConfig:
     max_deliveries: int = 5  # a plan that killed this many workers is poison
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     cutouts: CutoutLimits = field(default_factory=CutoutLimits)  # per job
+    authority: str = DEFAULT_AUTHORITY  # of the product IDs the cutouts' HISTORY names
 
 
 class Worker:
@@ -165,6 +173,9 @@ class Worker:
     # ------------------------------------------------------------ one plan
 
     async def execute(self, job: JobRecord) -> None:
+        if job.request.kind.cuts_only:
+            await self._supervised(job, asyncio.create_task(self._cut_request(job)))
+            return
         if job.plan is None:
             error = JobError("internal", "the job has no plan").to_doc()
             await self._finish(job, Phase.ERROR, {"error": error})
@@ -191,19 +202,61 @@ class Worker:
         work = asyncio.create_task(self._work(job, plan, runner, tracker))
         reporter = asyncio.create_task(self._report(job, tracker, wake))
         try:
-            phase, fields = await self.supervisor.guard(job, work)
-        except Stop as stop:
-            log.info("job %s stopped: %s", job.job_id, stop)
-            return
+            stopped = await self._supervised(job, work)
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
+        if stopped:
+            await self._record_interruption(job, plan, tracker)
+
+    async def _supervised(
+        self, job: JobRecord, work: asyncio.Task[tuple[Phase, dict[str, Any]]]
+    ) -> bool:
+        """The job's work under the lease, ABORT and executionDuration; its end written.
+        True when it was stopped (the work is cancelled and over by then)."""
+        try:
+            phase, fields = await self.supervisor.guard(job, work)
+        except Stop as stop:
+            log.info("job %s stopped: %s", job.job_id, stop)
+            return True
+        finally:
             if not work.done():
                 work.cancel()  # the runner kills its recipes; cutting stops and is waited for
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
         await self._finish(job, phase, fields)
+        return False
+
+    async def _record_interruption(
+        self, job: JobRecord, plan: ReductionPlan, tracker: _Tracker
+    ) -> None:
+        """An ABORTED job (its owner, or its executionDuration) keeps what it had done: the
+        products of its finished steps become its results, its steps in flight say
+        ``aborted`` and those never started ``skipped``. Written only while the job is
+        ABORTED and still this worker's (not deleted, not taken over)."""
+        fields = tracker.interrupted_fields()
+        finished = {s["job_id"] for s in fields["steps"] if s["status"] in ("done", "cached")}
+        try:
+            fields["results"] = await self._register_products(job, plan, only=finished)
+        except (ProductError, OSError) as exc:
+            log.warning("job %s: products of its finished steps unreadable: %s", job.job_id, exc)
+            fields["results"] = []
+        expect = {"phase": Phase.ABORTED.value, "worker": self.worker_id}
+        if await self.jobs.update_if(job.job_id, expect, {**fields, "lease_until": None}):
+            await self.events.publish(job.job_id, Phase.ABORTED.value, changed="results")
+
+    async def _cut_request(self, job: JobRecord) -> tuple[Phase, dict[str, Any]]:
+        """A job that only cuts (raw frames as archived, or products): its cutouts."""
+        request = job.request
+        targets = await request_targets(request, self.store, self.archive_root, self.products)
+        try:
+            return Phase.COMPLETED, {"cutouts": await self._cut(job, targets)}
+        except CutoutLimitExceeded as exc:
+            return Phase.ERROR, {"error": JobError("limit", str(exc)).to_doc()}
+        except ProductError as exc:
+            message = public_message(str(exc), self.archive_root, self.products.root)
+            return Phase.ERROR, {"error": JobError("products", message).to_doc()}
 
     async def _work(
         self, job: JobRecord, plan: ReductionPlan, runner: PlanRunner, tracker: _Tracker
@@ -247,24 +300,19 @@ class Worker:
         return Phase.ERROR, fields
 
     async def _cut_targets(self, job: JobRecord, rows: list[dict[str, Any]]) -> list[dict]:
-        """SODA parameters of the job (POS, CIRCLE, ...) cut its target FITS products:
-        one result per product and combination of values (docs/soda.md), within the
-        job's limits (past one, the job's cutouts are removed and it ends in ERROR)."""
-        try:
-            request = job.request.soda  # parsed and validated at creation
-        except UsageError as exc:
-            log.warning("job %s: SODA parameters ignored: %s", job.job_id, exc)
+        """SODA parameters of a reduction job (POS, CIRCLE, ...) cut its target FITS
+        products: one result per product and combination of values (docs/soda.md)."""
+        if not job.request.soda.filtering:  # parsed and validated at creation
             return []
-        if not request.filtering:
-            return []
-        targets = [
-            (self.products.step_dir(r["step_key"]) / r["file"], f"{r['step_key']}/{r['file']}")
-            for r in rows
-            if r.get("target") and r.get("main") and r.get("content_type") == FITS_MEDIA_TYPE
-        ]
+        return await self._cut(job, reduction_targets(rows, self.products, self.config.authority))
+
+    async def _cut(self, job: JobRecord, targets: list[CutTarget]) -> list[dict]:
+        """Each target cut by each combination of the job's values, within the job's
+        limits (past one, the job's cutouts are removed and CutoutLimitExceeded raised)."""
         out = cutouts_dir(self.products.root, job.job_id)
+        filters = job.request.soda.filters()
         try:
-            return await cut_in_thread(out, targets, request.filters(), self.config.cutouts)
+            return await cut_in_thread(out, targets, filters, self.config.cutouts)
         except CutoutLimitExceeded:
             await asyncio.to_thread(shutil.rmtree, out, True)
             raise
@@ -283,12 +331,17 @@ class Worker:
         if won:
             await self.events.publish(job.job_id, phase.value)
 
-    async def _register_products(self, job: JobRecord, plan: ReductionPlan) -> list[dict]:
-        """Every product of the plan's steps, target products first; also in ``products``."""
+    async def _register_products(
+        self, job: JobRecord, plan: ReductionPlan, only: set[str] | None = None
+    ) -> list[dict]:
+        """Every product of the plan's steps (``only``: of these plan jobs), target
+        products first; also in ``products``."""
         targets = {d.target_job: d.label for d in plan.datasets if d.complete}
         dataset_of = {j: d.label for d in plan.datasets for j in d.jobs}
         rows: list[dict[str, Any]] = []
         for plan_job in plan.runnable_jobs():
+            if only is not None and plan_job.job_id not in only:
+                continue
             key = plan_job.step_key
             assert key is not None
             manifest = await asyncio.to_thread(self.products.manifest, key)
@@ -380,3 +433,16 @@ class _Tracker:
 
     def fields(self) -> dict[str, Any]:
         return {"progress": dict(self.progress), "steps": list(self.steps.values())}
+
+    def interrupted_fields(self) -> dict[str, Any]:
+        """The fields once the plan was stopped: nothing runs any more."""
+        fields = self.fields()
+        fields["progress"]["running"] = []
+        fields["steps"] = [interrupted_step(step) for step in fields["steps"]]
+        return fields
+
+
+def interrupted_step(step: dict[str, Any]) -> dict[str, Any]:
+    """A step of a stopped plan: in flight -> ``aborted``, not started -> ``skipped``."""
+    status = {"running": "aborted", "pending": "skipped"}.get(step.get("status", ""))
+    return {**step, "status": status} if status else dict(step)

@@ -5,7 +5,10 @@ own: one row per indexed raw file with the keywords the cascade derives from its
 exposure time, binning... whatever header convention the file uses), and its DataLink URL. The
 table also carries a DataLink service descriptor bound to its ID column, so clients that know
 DataLink (TOPCAT's activation actions, pyvo) follow the links without being told the URL pattern;
-it is the same block an operator adds to their own TAP results (docs/operators.md).
+it is the same block an operator adds to their own TAP results (docs/operators.md). A SODA sync
+descriptor, bound to the same column with TARGET fixed to raw, cuts a row's frame as archived
+(pyvo's ``record.processed(circle=...)``); its parameters carry no limits, which differ per row
+(each file's DataLink document has its own).
 
 Pure: parameters in, VOTable bytes out. Filters compare values exactly (DALI: parameter names
 are case-insensitive, values are not); a repeated filter means any of its values.
@@ -21,6 +24,12 @@ from urllib.parse import quote
 from astropy.io.votable.tree import Field, Group, Info, Param, Resource, TableElement, VOTableFile
 
 from soda_reduce.vo.dali import UsageError, case_insensitive_params, single
+from soda_reduce.vo.descriptors import (
+    ServiceDescriptor,
+    append_descriptors,
+    cutout_descriptor,
+    raw_target_param,
+)
 from soda_reduce.vo.jobinfo import xml_safe
 from soda_reduce.vo.results import VOTABLE_VERSION, votable_bytes
 
@@ -201,8 +210,15 @@ def datalink_descriptor(votable: VOTableFile, datalink_endpoint: str, id_field: 
     return resource
 
 
-def raw_votable(rows: Sequence[RawRow], *, overflow: bool, datalink_endpoint: str) -> bytes:
-    """The table document: QUERY_STATUS OK or OVERFLOW, the rows, then the DataLink descriptor."""
+def raw_votable(
+    rows: Sequence[RawRow],
+    *,
+    overflow: bool,
+    datalink_endpoint: str,
+    sync_endpoint: str | None = None,
+) -> bytes:
+    """The table document: QUERY_STATUS OK or OVERFLOW, the rows, then the DataLink
+    descriptor, and the SODA sync one when ``sync_endpoint`` is given."""
     votable = VOTableFile(version=VOTABLE_VERSION)
     resource = Resource(type="results")
     votable.resources.append(resource)
@@ -232,4 +248,21 @@ def raw_votable(rows: Sequence[RawRow], *, overflow: bool, datalink_endpoint: st
         table.array[i] = tuple(_filled(c, col) for c, col in zip(cells, COLUMNS, strict=True))
         table.array.mask[i] = tuple(c is None for c in cells)
     votable.resources.append(datalink_descriptor(votable, datalink_endpoint, _ID_FIELD))
-    return votable_bytes(votable)
+    document = votable_bytes(votable)
+    if sync_endpoint is None:
+        return document
+    return append_descriptors(document, [raw_cutout_descriptor(sync_endpoint)])
+
+
+def raw_cutout_descriptor(sync_endpoint: str) -> ServiceDescriptor:
+    """SODA sync on the row's frame as archived (ID from the ID column, TARGET=raw)."""
+    return cutout_descriptor(
+        "soda-cutout",
+        sync_endpoint,
+        "",
+        id_ref=_ID_FIELD,
+        header=None,
+        what="the raw frame of the row as archived",
+        fixed=(raw_target_param(),),
+        id_datatype="unicodeChar",
+    )

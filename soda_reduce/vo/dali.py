@@ -11,8 +11,6 @@ import io
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Literal
 
-from astropy.io.votable.tree import Info, Resource, VOTableFile
-
 VOTABLE_MEDIA_TYPE = "application/x-votable+xml"
 QUERY_STATUSES = frozenset({"ERROR", "OVERFLOW", "OK"})
 
@@ -25,6 +23,10 @@ def render_error_votable(message: str, query_status: str = "ERROR") -> bytes:
     """
     if query_status not in QUERY_STATUSES:
         raise ValueError(f"QUERY_STATUS must be one of {sorted(QUERY_STATUSES)}")
+    # imported here: the error classes are imported by the command line and the store,
+    # which never render a VOTable, and astropy.io.votable costs ~0.3 s to import
+    from astropy.io.votable.tree import Info, Resource, VOTableFile
+
     votable = VOTableFile(version="1.4")
     resource = Resource(type="results")
     votable.resources.append(resource)
@@ -73,6 +75,15 @@ class PayloadTooLargeError(UsageError):
     """A request body larger than the service accepts: 413 (a usage error to SODA)."""
 
     http_status = 413
+
+
+class UnsupportedMediaTypeError(UsageError):
+    """A request body in an encoding DALI does not take (JSON, XML...): 415.
+
+    DALI parameters come as a query string or a form (urlencoded or multipart); any other
+    body would otherwise be read as no parameters at all."""
+
+    http_status = 415
 
 
 class RequestTimeoutError(UsageError):

@@ -2,7 +2,9 @@
 
 The links table (RESOURCE type="results", TABLEDATA) is written by astropy.io.votable, as
 every table of the service is; the service descriptors (vo/descriptors.py, lxml) are
-appended after it. Pure functions only.
+appended after it. Errors name a DataLink fault first (DataLink 1.1 3.4), in a row's
+``error_message`` and in the error document of a request that fails as a whole
+(`fault_message`): ``UsageFault: MAXREC must be >= 0``. Pure functions only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Final
 from astropy.io.votable.tree import Field, Info, Resource, TableElement, VOTableFile
 from lxml import etree
 
-from soda_reduce.vo.dali import UsageError, case_insensitive_params, single
+from soda_reduce.vo.dali import UsageError, case_insensitive_params, render_error_votable, single
 from soda_reduce.vo.descriptors import ServiceDescriptor, descriptor_element
 from soda_reduce.vo.jobinfo import xml_safe
 from soda_reduce.vo.results import VOTABLE_VERSION, votable_bytes
@@ -24,6 +26,9 @@ LINKS_STANDARD_ID: Final = "ivo://ivoa.net/std/DataLink#links-1.1"
 DATALINK_MEDIA_TYPE: Final = "application/x-votable+xml;content=datalink"
 VOTABLE_MEDIA_TYPE: Final = "application/x-votable+xml"
 FAULTS: Final = ("NotFoundFault", "UsageFault", "TransientFault", "FatalFault", "DefaultFault")
+# an error message: a fault, then optionally ": " and the reason (STILTS checks the same)
+FAULT_MESSAGE: Final = re.compile(r"(NotFound|Usage|Transient|Fatal|Default)Fault(: .*)?\Z", re.S)
+ID_FIELD: Final = "ID"  # XML ID of the links table's ID column: descriptors' ID refers to it
 MAX_IDS: Final = 100  # IDs processed per request; more give OVERFLOW (DataLink 3.2.1)
 MAX_ROWS: Final = 10_000  # MAXREC above this is lowered to it (DALI 3.2.4)
 _IVOID: Final = re.compile(r"ivo://([^/?#]+)/([^?#]*)\?(.+)\Z", re.IGNORECASE)
@@ -85,8 +90,8 @@ class Link:
             raise ValueError(f"link {self.semantics} of {self.id!r}: need exactly one target")
         if not self.semantics.startswith("#") and ":" not in self.semantics:
             raise ValueError(f"semantics {self.semantics!r}: a core term (#...) or a full URI")
-        if self.error_message is not None and not self.error_message.startswith(FAULTS):
-            raise ValueError(f"error_message must start with one of {FAULTS}")
+        if self.error_message is not None and not FAULT_MESSAGE.match(self.error_message):
+            raise ValueError(f"error_message must start with one of {FAULTS}, then ': '")
         if self.content_length is not None and self.content_length < 0:
             raise ValueError(f"content_length must be >= 0, not {self.content_length}")
         for name, column in zip(_NAMES, COLUMNS, strict=True):
@@ -170,6 +175,29 @@ def local_id(identifier: str, authority: str) -> tuple[str, str] | None:
     return match.group(2), match.group(3)
 
 
+def fault_for_status(status: int) -> str:
+    """The DataLink fault of an HTTP error status (DataLink 1.1 3.4)."""
+    if status == 404:
+        return "NotFoundFault"
+    if status in (429, 503):
+        return "TransientFault"
+    if 400 <= status < 500:
+        return "UsageFault"
+    return "FatalFault" if status >= 500 else "DefaultFault"
+
+
+def fault_message(status: int, message: str) -> str:
+    """``message`` behind the fault of ``status``, unless it already names a fault."""
+    if FAULT_MESSAGE.match(message):
+        return message
+    return f"{fault_for_status(status)}: {message}"
+
+
+def error_document(status: int, message: str) -> bytes:
+    """The DALI error VOTable of a failed {links} request, its text led by the fault."""
+    return render_error_votable(fault_message(status, message))
+
+
 # ----------------------------------------------------------------------------- document
 
 
@@ -210,6 +238,7 @@ def links_votable(links: Sequence[Link], *, overflow: bool = False) -> VOTableFi
         text = col.datatype in ("char", "unicodeChar")
         field = Field(
             votable,
+            ID=ID_FIELD if col.name == "ID" else None,
             name=col.name,
             datatype=col.datatype,
             arraysize="*" if text else None,

@@ -2,9 +2,15 @@
 
 A descriptor is a RESOURCE type="meta" utype="adhoc:service" (DataLink 1.1 section 4): the
 service's standardID and accessURL, and a GROUP "inputParams" whose PARAMs say what to send.
-A PARAM with a value is fixed (clients always send it: the ID, the default TARGET and recipe
-parameters); value="" is for the user to fill in (the SODA cutout parameters, with their
-UCDs and units, and VALUES limits from the dataset's WCS).
+DataLink 1.1 4.1 gives PARAMs three roles, and a client UI shows them so:
+
+- ``ref`` to a FIELD: the value comes from the row (the dataset's ID, from the ID column);
+- a non-empty ``value``: fixed, clients always send it unchanged (only ``TARGET=raw`` of
+  the raw-frame cutout descriptor: that descriptor *is* the raw cutout);
+- ``value=""``: for the user, who may leave it empty. The default is in the description
+  and, where it is one of a set, among the VALUES OPTIONs; MIN/MAX give known limits
+  (the SODA parameters' from the dataset's WCS). The service applies the default to a
+  parameter left absent or empty.
 
 Written with lxml, not astropy: astropy writes an empty numeric PARAM as zeros ("0 0 0"
 for a CIRCLE), which pyvo would then send as a real value; it also drops a RESOURCE's name
@@ -22,6 +28,7 @@ from urllib.parse import urlencode
 
 from lxml import etree
 
+from soda_reduce.vo.job_request import RAW_TARGET
 from soda_reduce.vo.jobinfo import xml_safe
 from soda_reduce.vo.soda import (
     SODA_PARAMETERS,
@@ -43,15 +50,16 @@ PARAM_DATATYPES: Final = frozenset(
 class InputParam:
     """One PARAM of a descriptor's inputParams; value "" means the user supplies it.
 
-    A non-empty value is fixed: DataLink 1.1 4.3 has clients always send it. Limits and
-    options are given as values (numbers, strings, sequences for arrays) and written in
-    VOTable's text form.
+    A non-empty value is fixed: DataLink 1.1 4.1 has clients always send it; ``ref`` names
+    the FIELD whose value in the row is sent. Limits and options are given as values
+    (numbers, strings, sequences for arrays) and written in VOTable's text form.
     """
 
     name: str
     datatype: str = "char"
     arraysize: str | None = None
     value: str = ""
+    ref: str | None = None
     ucd: str | None = None
     unit: str | None = None
     xtype: str | None = None
@@ -65,6 +73,8 @@ class InputParam:
             raise ValueError("an input parameter needs a name")
         if self.datatype not in PARAM_DATATYPES:
             raise ValueError(f"parameter {self.name}: unknown datatype {self.datatype!r}")
+        if self.ref is not None and self.value:
+            raise ValueError(f"parameter {self.name}: a ref takes its value from the row")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +152,9 @@ def _param(p: InputParam) -> etree._Element:
         ucd=p.ucd,
         unit=p.unit,
         xtype=p.xtype,
+        ref=p.ref,
     )
-    element.set("value", xml_safe(p.value))  # always present, "" included
+    element.set("value", xml_safe(p.value))  # VOTable requires it: "" when not fixed
     if p.description:
         _e_sub(element, "DESCRIPTION").text = xml_safe(p.description)
     if p.minimum is not None or p.maximum is not None or p.options:
@@ -192,32 +203,70 @@ def descriptor_element(descriptor: ServiceDescriptor) -> etree._Element:
     return resource
 
 
+def append_descriptors(document: bytes, descriptors: Sequence[ServiceDescriptor]) -> bytes:
+    """``document`` (a VOTable) with the descriptors' RESOURCEs added at its end, without
+    parsing it again: a table of 100,000 rows costs nothing more to extend."""
+    end = document.rindex(b"</VOTABLE>")
+    holder = etree.Element(f"{{{VOTABLE_NS}}}VOTABLE", nsmap={None: VOTABLE_NS})
+    added = []
+    for descriptor in descriptors:
+        element = descriptor_element(descriptor)
+        holder.append(element)
+        etree.indent(element, space=" ", level=1)
+        added.append(b" " + etree.tostring(element, encoding="utf-8") + b"\n")
+    return document[:end] + b"".join(added) + document[end:]
+
+
 # ----------------------------------------------------------------------------- SODA
+
+
+def id_param(ref: str, *, datatype: str = "char") -> InputParam:
+    """ID, from the row's ID column (``ref``: that FIELD's XML ID)."""
+    return InputParam(
+        "ID",
+        datatype=datatype,
+        ref=ref,
+        ucd="meta.id;meta.main",
+        description="Identifier of the dataset, from the ID column of the row.",
+    )
+
+
+def raw_target_param() -> InputParam:
+    """TARGET fixed to raw: the raw frame as archived, no reduction."""
+    return InputParam(
+        "TARGET",
+        value=RAW_TARGET,
+        ucd="meta.code",
+        description=f"{RAW_TARGET}: the frame as archived, without reduction (fixed).",
+    )
 
 
 def reduce_descriptor(
     xml_id: str,
     access_url: str,
-    identifier: str,
     *,
+    id_ref: str,
     targets: Sequence[str],
     default_target: str,
     recipe: Sequence[InputParam],
     header: Mapping[str, Any] | None,
     what: str,
 ) -> ServiceDescriptor:
-    """SODA async: reduce one raw file (fixed ID) for a TARGET, and cut the products."""
+    """SODA async: reduce one raw file (ID from the row) for a TARGET, and cut the products.
+
+    Only ID is given; TARGET and the recipe parameters are the user's, their defaults
+    applied by the service when left empty.
+    """
+    options = (*((t, t) for t in targets), (f"{RAW_TARGET} (no reduction)", RAW_TARGET))
     inputs = (
-        InputParam(
-            "ID", value=identifier, ucd="meta.id;meta.main", description="The raw file (fixed)."
-        ),
+        id_param(id_ref),
         InputParam(
             "TARGET",
-            value=default_target,
             ucd="meta.code",
-            description="Pipeline task whose products are wanted; the tasks it needs upstream "
-            "run as well, each step only once for all users.",
-            options=tuple((t, t) for t in targets),
+            description=f"Pipeline task whose products are wanted (default {default_target}); "
+            "the tasks it needs upstream run as well, each step only once for all users. "
+            "raw: no reduction, the cutouts of the frame as archived.",
+            options=options,
         ),
         *recipe,
         *soda_input_params(header),
@@ -227,38 +276,52 @@ def reduce_descriptor(
         access_url=access_url,
         input_params=inputs,
         standard_id=SODA_ASYNC_ID,
-        name="reduce",
+        name=xml_id,  # names must be unique in the document (votlint)
         description=(
             f"Reduce {what} on demand: POST these parameters to create a UWS 1.1 job, then "
-            "PHASE=RUN; the planner picks the calibrations. Cutout parameters (POS, CIRCLE, "
-            "POLYGON, BAND, TIME, POL) cut the target products."
+            "PHASE=RUN; the planner picks the calibrations. Parameters left empty take "
+            "their defaults. Cutout parameters (POS, CIRCLE, POLYGON, BAND, TIME, POL) cut "
+            "the target products."
         ),
         content_type="text/xml",
     )
 
 
 def cutout_descriptor(
-    xml_id: str, access_url: str, identifier: str, *, header: Mapping[str, Any], what: str
+    xml_id: str,
+    access_url: str,
+    identifier: str,
+    *,
+    id_ref: str,
+    header: Mapping[str, Any] | None,
+    what: str,
+    fixed: Sequence[InputParam] = (),
+    id_datatype: str = "char",
 ) -> ServiceDescriptor:
-    """SODA sync: a cutout of one image (fixed ID), limits from its WCS."""
+    """SODA sync: a cutout of one image (ID from the row), limits from its WCS.
+
+    ``fixed``: parameters sent unchanged (TARGET=raw for a raw frame as archived);
+    ``identifier`` is the dataset the exampleURL cuts (none without one); ``id_datatype``
+    that of the ID column.
+    """
     inputs = (
-        InputParam(
-            "ID", value=identifier, ucd="meta.id;meta.main", description="The image (fixed)."
-        ),
+        id_param(id_ref, datatype=id_datatype),
+        *fixed,
         *soda_input_params(header),
     )
     example = None
     circle = next((p.maximum for p in inputs if p.name == "CIRCLE"), None)
-    if isinstance(circle, str):  # the central half of the image, an answer that exists
+    if isinstance(circle, str) and identifier:  # the image's central half: an answer exists
         ra, dec, radius = (float(v) for v in circle.split())
-        query = urlencode({"ID": identifier, "CIRCLE": format_limit((ra, dec, radius / 2))})
-        example = f"{access_url}?{query}"
+        query = {"ID": identifier, **{p.name: p.value for p in fixed}}
+        query["CIRCLE"] = format_limit((ra, dec, radius / 2))
+        example = f"{access_url}?{urlencode(query)}"
     return ServiceDescriptor(
         xml_id=xml_id,
         access_url=access_url,
         input_params=inputs,
         standard_id=SODA_SYNC_ID,
-        name="cutout",
+        name=xml_id,
         description=(
             f"Cut out part of {what} (SODA 1.0 sync): the answer is a FITS file with a correct "
             "WCS; a polygon gives its bounding box with the outside masked; no overlap gives "

@@ -8,8 +8,17 @@ client may send (counts, lengths, characters, the number of cutout combinations)
 and the result is stored typed with the job (`JobRequest.to_doc`) and handed to the
 planner and the worker as is: nothing downstream parses a client's text again.
 
-Checking the reduction parameters against a pipeline (known targets, declared task
-parameters) is the job service's part: it needs the pipeline, this module is pure.
+A request means the same on /soda/sync and /soda/async, and its `JobKind` says what:
+
+- raw IDs: those frames reduced to TARGET (the pipeline's default when absent);
+- raw IDs with ``TARGET=raw`` (`RAW_TARGET`, a name no pipeline task may take): the
+  frames as archived, cut, no reduction;
+- product IDs: those products, cut; TARGET and recipe parameters are usage errors.
+
+Empty values count as absent (DataLink clients send the parameters a user left
+unset empty), so the service applies its defaults to them. Checking the reduction
+parameters against a pipeline (known targets, declared task parameters) is the job
+service's part: it needs the pipeline, this module is pure.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from soda_reduce.vo.dali import UsageError
 from soda_reduce.vo.regions import Circle, Interval, Polygon, Range, Region
@@ -37,6 +47,30 @@ SINGLE = frozenset({"TARGET", "RUNID", "REQUEST", "RESPONSEFORMAT", *CONTROL})
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
 # C0 and C1 controls (tab excepted), DEL, unpaired surrogates, non-characters
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# TARGET=raw: the raw frame as archived, no reduction (pipelines/plugin.py refuses a task
+# of that name)
+RAW_TARGET: Final = "raw"
+# ivo://AUTHORITY/RESOURCE?...: which kind of dataset an ID names (its authority is the
+# service's to check)
+_RESOURCE = re.compile(r"ivo://[^/?#]+/(raw|product)\?.", re.IGNORECASE)
+
+
+class JobKind(StrEnum):
+    """What a request asks for; one job is one kind."""
+
+    REDUCTION = "reduction"  # raw frames reduced to a target
+    RAW_CUTOUT = "raw_cutout"  # raw frames as archived (TARGET=raw), cut
+    PRODUCT_CUTOUT = "product_cutout"  # products, cut
+
+    @property
+    def cuts_only(self) -> bool:
+        return self is not JobKind.REDUCTION
+
+
+def id_resource(identifier: str) -> str | None:
+    """``raw`` or ``product`` for an ID of that shape (any authority), else None."""
+    match = _RESOURCE.match(identifier)
+    return match.group(1).lower() if match else None
 
 
 @dataclass(frozen=True)
@@ -70,6 +104,16 @@ class JobRequest:
     @property
     def recipe_parameters(self) -> dict[str, str]:
         return dict(self.recipe)
+
+    @property
+    def kind(self) -> JobKind:
+        """Product IDs: a product cutout; ``TARGET=raw``: a raw cutout; else a reduction.
+        (`check_kind` refuses the requests that mix them.)"""
+        if any(id_resource(i) == "product" for i in self.ids):
+            return JobKind.PRODUCT_CUTOUT
+        if self.target is not None and self.target.lower() == RAW_TARGET:
+            return JobKind.RAW_CUTOUT
+        return JobKind.REDUCTION
 
     def parameters(self) -> list[tuple[str, str]]:
         """The job's parameters as UWS lists them (control parameters excluded)."""
@@ -106,10 +150,10 @@ class JobRequest:
                     pol=new.pol if "POL" in given else old.pol,
                 ),
             )
-        recipe_names = {n.upper() for n, _ in change.recipe}
-        recipe = [(n, v) for n, v in self.recipe if n.upper() not in recipe_names]
-        other_names = {n.upper() for n, _ in change.other}
-        other = [(n, v) for n, v in self.other if n.upper() not in other_names]
+        # a name given replaces its old value; given empty, it goes back to its default
+        replaced = given | {n.upper() for n, _ in (*change.recipe, *change.other)}
+        recipe = [(n, v) for n, v in self.recipe if n.upper() not in replaced]
+        other = [(n, v) for n, v in self.other if n.upper() not in replaced]
         merged = replace(
             merged,
             recipe=(*recipe, *change.recipe),
@@ -129,6 +173,7 @@ class JobRequest:
         """Plain BSON-able values (floats stay floats, infinities included)."""
         soda = self.soda
         return {
+            "kind": self.kind.value,  # for readers of the document; derived, never read back
             "ids": list(self.ids),
             "target": self.target,
             "recipe": [list(p) for p in self.recipe],
@@ -226,6 +271,8 @@ def parse_job_request(
     other: list[tuple[str, str]] = []
     for name, value in checked:
         upper = name.upper()
+        if not value.strip() and upper not in CONTROL:
+            continue  # left empty: the default applies (DataLink clients send unset ones so)
         if "." in name or upper in workflow_names:
             key = name.lower() if "." in name else workflow_names[upper]
             if key in recipe and recipe[key][1] != value:
@@ -235,7 +282,7 @@ def parse_job_request(
             other.append((upper, value))
     request = JobRequest(
         ids=ids,
-        target=target.strip() if target is not None else None,
+        target=(target or "").strip() or None,
         recipe=tuple(recipe.values()),
         soda=soda,
         other=tuple(other),
@@ -245,8 +292,31 @@ def parse_job_request(
     return request
 
 
+def check_kind(request: JobRequest) -> None:
+    """One job is one kind: product IDs take no TARGET nor recipe parameters, raw frames
+    as archived no recipe parameters, and raw and product IDs are not mixed."""
+    resources = {id_resource(i) for i in request.ids}
+    if {"product", "raw"} <= resources:
+        raise UsageError(
+            "product IDs and raw IDs in one request: a job either cuts products or "
+            "reduces (or cuts) raw frames; send one request for each"
+        )
+    kind = request.kind
+    if kind is JobKind.PRODUCT_CUTOUT and request.target is not None:
+        raise UsageError(
+            f"TARGET {request.target!r} with a product ID: a product is already reduced; "
+            "TARGET applies to raw IDs only"
+        )
+    if kind.cuts_only and request.recipe:
+        names = ", ".join(n for n, _ in request.recipe[:3])
+        what = "products" if kind is JobKind.PRODUCT_CUTOUT else "raw frames as archived"
+        raise UsageError(f"recipe parameters ({names}) with {what}: nothing is reduced")
+
+
 def check_request_limits(request: JobRequest, limits: RequestLimits) -> None:
-    """Bounds on the whole request: after a merge of parameters too."""
+    """Bounds on the whole request, and its kind (`check_kind`): after a merge of
+    parameters too."""
+    check_kind(request)
     if len(request.ids) > limits.max_ids:
         raise UsageError(f"{len(request.ids)} IDs: one job takes at most {limits.max_ids}")
     combinations = request.cutout_combinations()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from lxml import etree
@@ -21,7 +21,9 @@ JOBINFO_PREFIX: Final = "sr"
 # The system id the XML catalog (vo_schemas/catalog.xml) maps to the local XSD.
 JOBINFO_SCHEMA_URL: Final = "http://soda-reduce.org/xml/jobinfo/v1/soda-reduce-jobinfo-v1.xsd"
 
-STEP_STATUSES: Final = ("pending", "running", "done", "cached", "failed", "skipped")
+STEP_STATUSES: Final = ("pending", "running", "done", "cached", "failed", "skipped", "aborted")
+# what a step that had not finished shows once its job was aborted
+_INTERRUPTED: Final = {"running": "aborted", "pending": "skipped"}
 QUALITY_LEVELS: Final = (0, 1, 2)
 
 _NSMAP = {JOBINFO_PREFIX: JOBINFO_NS}
@@ -61,7 +63,8 @@ class StepStatus:
     """One planned step (an EDPS "job": one task on one group of inputs) and where it stands.
 
     `cached` means the step key matched an earlier run and its products were reused; `skipped`
-    means it was not needed (e.g. its dataset could not be completed).
+    means it was not needed (e.g. its dataset could not be completed, or its job was aborted
+    before it started); `aborted` means it was running when its job was aborted.
     """
 
     job_id: str
@@ -148,6 +151,17 @@ class JobInfo:
         _non_negative(self.cached_steps, "cached_steps")
         object.__setattr__(self, "datasets", tuple(self.datasets))
         object.__setattr__(self, "steps", tuple(self.steps))
+
+    def interrupted(self) -> JobInfo:
+        """As an aborted job shows it: nothing running, steps in flight ``aborted``, steps
+        not started ``skipped`` (whatever the stored progress last said)."""
+        progress = self.progress
+        if progress is not None:
+            progress = replace(progress, running=())
+        steps = tuple(
+            replace(step, status=_INTERRUPTED.get(step.status, step.status)) for step in self.steps
+        )
+        return replace(self, progress=progress, steps=steps)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -321,10 +321,35 @@ def parse_destruction(text: str) -> datetime:
     return parse_datetime(text)
 
 
-def _parse_uint(text: str, name: str) -> int:
+def _shown(text: str) -> str:
+    return repr(text[:40])
+
+
+def filter_error(name: str, expected: str, value: str) -> ValueError:
+    """The one wording of every job-list and WAIT filter error: "NAME must be ..., not '...'"."""
+    return ValueError(f"{name} must be {expected}, not {_shown(value)}")
+
+
+def repeated_error(name: str, count: int) -> ValueError:
+    """A single-valued filter given more than once (the wording of DALI's `single`)."""
+    return ValueError(f"parameter {name} given {count} times; expected once")
+
+
+_PHASE_NAMES = ", ".join(p.value for p in Phase)
+
+
+def parse_phase_filter(value: str, name: str = "PHASE") -> Phase:
+    """A PHASE filter value (job list, WAIT): any UWS phase, case-insensitive."""
+    try:
+        return Phase(value.strip().upper())
+    except ValueError:
+        raise filter_error(name, f"a UWS phase ({_PHASE_NAMES})", value) from None
+
+
+def _parse_uint(text: str, name: str, expected: str = "a non-negative integer") -> int:
     stripped = text.strip()
     if len(stripped) > 19 or not _UINT.fullmatch(stripped):  # beyond int64: no use
-        raise ValueError(f"{name} must be a non-negative integer, not {text[:40]!r}")
+        raise filter_error(name, expected, text)
     return int(stripped)
 
 
@@ -340,7 +365,7 @@ def parse_wait(text: str) -> int:
     """WAIT in seconds: -1 (as long as the server allows) or >= 0; the caller applies its cap."""
     if text.strip() == "-1":
         return -1
-    return _parse_uint(text, "WAIT")
+    return _parse_uint(text, "WAIT", "-1 or a non-negative integer (seconds)")
 
 
 def _items(items: Iterable[tuple[str, str]] | Mapping[str, str]) -> Iterable[tuple[str, str]]:
@@ -360,21 +385,22 @@ def parse_job_list_filters(
     phases: set[Phase] = set()
     after: datetime | None = None
     last: int | None = None
-    seen: set[str] = set()
+    counts: dict[str, int] = {}
     for raw_name, value in _items(items):
         name = raw_name.upper()
-        if name in ("AFTER", "LAST") and name in seen:
-            raise ValueError(f"{name} given more than once")
-        seen.add(name)
+        counts[name] = counts.get(name, 0) + 1
         if name == "PHASE":
-            try:
-                phases.add(Phase(value.strip().upper()))
-            except ValueError:
-                raise ValueError(f"unknown PHASE {value!r}") from None
+            phases.add(parse_phase_filter(value))
         elif name == "AFTER":
-            after = parse_datetime(value)
+            try:
+                after = parse_datetime(value)
+            except ValueError:
+                raise filter_error("AFTER", "an ISO 8601 date-time", value) from None
         elif name == "LAST":
-            last = _parse_uint(value, "LAST")
+            last = _parse_uint(value, "LAST", "a positive integer")
             if last == 0:
-                raise ValueError("LAST must be a positive integer")
+                raise filter_error("LAST", "a positive integer", value)
+    for name in ("AFTER", "LAST"):
+        if counts.get(name, 0) > 1:
+            raise repeated_error(name, counts[name])
     return phases, after, last

@@ -63,10 +63,14 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def availability_xml(checks: Sequence[CheckResult], up_since: datetime) -> bytes:
+def availability_xml(
+    checks: Sequence[CheckResult], up_since: datetime, advisories: Sequence[str] = ()
+) -> bytes:
     """available is true only when every check passed; one note per failed check.
 
     When all pass, a single note says what was checked, so a monitor sees it was real.
+    ``advisories`` are notes that do not make the service unavailable (a registry record
+    not fit for harvesting yet, say), written after the checks' notes.
     """
     if not checks:
         raise ValueError("availability needs at least one check")
@@ -79,7 +83,7 @@ def availability_xml(checks: Sequence[CheckResult], up_since: datetime) -> bytes
         notes = [f"{c.name}: {c.detail}" for c in failed]
     else:
         notes = ["all checks passed: " + "; ".join(f"{c.name}: {c.detail}" for c in checks)]
-    for note in notes:
+    for note in (*notes, *advisories):
         etree.SubElement(root, ns + "note").text = note
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
@@ -108,8 +112,10 @@ class Endpoint:
     description: str
     standard_id: str | None = None
     version: str | None = None  # of the standard's interface
-    # one only: pyvo warns (W17) on a second queryType; DALI services take both GET and POST
-    query_types: tuple[str, ...] = ("GET",)
+    # VODataService 1.2 allows both (maxOccurs 2, RegTAP's query_type "get#post"); pyvo 1.9's
+    # VOSI parser warns W17 on the second one against its own documentation: harmless
+    query_types: tuple[str, ...] = ("GET", "POST")
+    mirrors: tuple[str, ...] = ()  # vr:mirrorURL paths: the same resource at another URL
     result_type: str | None = None
     params: tuple[InputParam, ...] = ()
     browser: bool = False  # a vr:WebBrowser interface (pages for people) instead of ParamHTTP
@@ -146,10 +152,10 @@ ENDPOINTS: Final = (
         "SODA jobs: on-demand reduction of raw files, with cutouts of the products",
         SODA_ASYNC,
         "1.0",
-        ("POST",),  # jobs are created by POST
         params=(_SODA_ID,),
     ),
-    Endpoint("/soda/async", "The UWS 1.1 job list of the SODA jobs", UWS, "1.1", ("POST",)),
+    # GET lists the caller's jobs, POST creates one
+    Endpoint("/soda/async", "The UWS 1.1 job list of the SODA jobs", UWS, "1.1"),
     Endpoint(
         "/datalink",
         "DataLink links of raw files (with a 'reduce this' descriptor) and of products",
@@ -158,15 +164,36 @@ ENDPOINTS: Final = (
         result_type=DATALINK_CONTENT_TYPE,
         params=(_DATALINK_ID, _MAXREC),
     ),
-    Endpoint("/capabilities", "VOSI capabilities", VOSI_CAPABILITIES, "1.1"),
-    Endpoint("/availability", "VOSI availability", VOSI_AVAILABILITY, "1.1"),
+    # siblings of the SODA endpoints (DALI 1.1 section 2), also served at the root (the
+    # sibling of /datalink, where pyvo's DALService(base) looks): a true mirror
+    Endpoint(
+        "/soda/capabilities",
+        "VOSI capabilities",
+        VOSI_CAPABILITIES,
+        "1.1",
+        ("GET",),
+        mirrors=("/capabilities",),
+    ),
+    Endpoint(
+        "/soda/availability",
+        "VOSI availability",
+        VOSI_AVAILABILITY,
+        "1.1",
+        ("GET",),
+        mirrors=("/availability",),
+    ),
     Endpoint(
         "/archive/raw",
         "The indexed raw files as a VOTable, with their DataLink URLs",
         result_type=VOTABLE_MEDIA_TYPE,
         params=(*_FILTER_PARAMS, _MAXREC),
     ),
-    Endpoint("/", "Pages for people: jobs, their progress and products", browser=True),
+    Endpoint(
+        "/",
+        "Pages for people: jobs, their progress and products",
+        query_types=("GET",),
+        browser=True,
+    ),
 )
 
 
@@ -209,6 +236,8 @@ def add_capabilities(
         if ep.standard_id:
             interface.set("role", "std")
         etree.SubElement(interface, "accessURL", use="full").text = root + ep.path
+        for mirror in ep.mirrors:
+            etree.SubElement(interface, "mirrorURL").text = root + mirror
         if not ep.browser:
             for query_type in ep.query_types:
                 etree.SubElement(interface, "queryType").text = query_type
@@ -241,6 +270,7 @@ class RecordValues:
     contact_name: str
     contact_email: str
     updated: datetime
+    identifier: str = ""  # the record's IVOA identifier; default ivo://{authority}/soda-reduce
 
     def placeholders(self) -> dict[str, str]:
         return {
@@ -251,7 +281,7 @@ class RecordValues:
             "contact_name": self.contact_name,
             "contact_email": self.contact_email,
             "updated": _timestamp(self.updated),
-            "identifier": f"ivo://{self.authority}/{RECORD_RESOURCE_KEY}",
+            "identifier": self.identifier or f"ivo://{self.authority}/{RECORD_RESOURCE_KEY}",
         }
 
 
@@ -341,6 +371,14 @@ def render_record(
     template: str | bytes, values: RecordValues, endpoints: Sequence[Endpoint] = ENDPOINTS
 ) -> bytes:
     """The ri:Resource record: the filled template plus capabilities (and tableset)."""
+    root = record_element(template, values, endpoints)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def record_element(
+    template: str | bytes, values: RecordValues, endpoints: Sequence[Endpoint] = ENDPOINTS
+) -> etree._Element:
+    """The record as an element (/registry serves it, OAI-PMH embeds it)."""
     root = fill_template(template, values.placeholders())
     if root.find("capability") is not None:
         raise TemplateError("leave <capability> out of the template: the service adds them")
@@ -359,4 +397,4 @@ def render_record(
         root.insert(position + offset, cap)
     if namespace == VS_NS and kind == "CatalogService" and root.find("tableset") is None:
         tableset_element(root)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    return root

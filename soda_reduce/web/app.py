@@ -27,7 +27,9 @@ from soda_reduce.web import (
     bundles,
     datalink,
     landing,
+    oai,
     pages,
+    product_page,
     products,
     raw_page,
     soda_sync,
@@ -175,5 +177,7 @@ def build_app(
         services.events.add_listener(services.status_cache.on_event)
         for module in (uws, products, soda_sync, datalink, vosi, archive, bundles, pages, raw_page):
             module.add_routes(app)
+        product_page.add_routes(app)  # /products/{key}/{file}/page: an HTML page
         static_calibrations.add_routes(app)
+        oai.add_routes(app)  # /oai: OAI-PMH, when the service is its own publishing registry
     return app

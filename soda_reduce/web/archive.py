@@ -84,8 +84,13 @@ async def raw_files(request: web.Request) -> web.Response:
     files = await services.jobs.raw_files()
     rows = await asyncio.to_thread(request.app[ROWS].of, services.jobs.pipelines, files)
     chosen, overflow = select(query, rows)
+    root = base_url(request)
     body = await asyncio.to_thread(
-        raw_votable, chosen, overflow=overflow, datalink_endpoint=f"{base_url(request)}/datalink"
+        raw_votable,
+        chosen,
+        overflow=overflow,
+        datalink_endpoint=f"{root}/datalink",
+        sync_endpoint=f"{root}/soda/sync",  # the rows' frames as archived (TARGET=raw)
     )
     return web.Response(body=body, content_type=VOTABLE_MEDIA_TYPE)
 

@@ -37,7 +37,7 @@ from soda_reduce.runtime.archive_boundary import inside, servable
 from soda_reduce.runtime.jobs import JobRecord, utcnow
 from soda_reduce.runtime.products import LOG_NAME, MANIFEST
 from soda_reduce.runtime.public_text import PublicText
-from soda_reduce.vo.dali import ForbiddenError, NotFoundError
+from soda_reduce.vo.dali import NotFoundError
 from soda_reduce.vo.uws import Phase, format_time
 from soda_reduce.web.context import ASYNC_PATH, SERVICES, Services, job_of, product_id
 from soda_reduce.web.products import public_text
@@ -266,8 +266,9 @@ async def get_bundle(request: web.Request) -> web.StreamResponse:
     if kind not in KINDS:
         raise NotFoundError(f"no bundle {kind!r}: choose one of {', '.join(KINDS)}")
     job = await job_of(request)  # the owner's, or an anonymous job by its URL
-    if job.phase != Phase.COMPLETED:
-        raise ForbiddenError(f"no bundle yet: the job is {job.phase.value}")
+    if not (job.phase == Phase.COMPLETED or (job.phase == Phase.ABORTED and job.results)):
+        # no products (yet): a resource that does not exist, 404 as DALI wants
+        raise NotFoundError(f"no bundle: the job is {job.phase.value}")
     members = await asyncio.to_thread(collect_members, services, job, kind)
     response = web.StreamResponse(
         headers={

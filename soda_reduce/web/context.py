@@ -29,11 +29,13 @@ from soda_reduce.vo.dali import (
     PayloadTooLargeError,
     RequestTimeoutError,
     TooManyRequestsError,
+    UnsupportedMediaTypeError,
     UsageError,
 )
 from soda_reduce.vo.job_request import JobRequest
 from soda_reduce.vo.jobinfo import DatasetInfo, JobInfo, JobProgress, StepStatus, jobinfo_elements
 from soda_reduce.vo.results import ProductRow
+from soda_reduce.vo.uws import Phase
 from soda_reduce.web.status_cache import StatusCache
 
 ASYNC_PATH = "/soda/async"
@@ -43,6 +45,7 @@ ANONYMOUS_PREFIX = "anon:"  # owners of anonymous sessions: "anon:" + sha256 of 
 NO_SESSION = ANONYMOUS_PREFIX  # an anonymous caller without a session: owns no job at all
 READ_METHODS = frozenset({"GET", "HEAD"})
 SESSION_SEEN = "session_seen"  # job field: its anonymous session came back to it
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})  # DALI
 
 
 @dataclass
@@ -158,13 +161,20 @@ async def job_of(request: web.Request) -> JobRecord:
 
 
 async def params_of(request: web.Request) -> list[tuple[str, str]]:
-    """Query and form parameters, in order; uploads are refused (no UPLOAD support).
+    """Query and form parameters, in order; uploads are refused (no UPLOAD support), and so
+    are bodies that are not forms (415: DALI takes form encodings only).
 
     The body is bounded by the application's ``client_max_size`` (413); a body that
     cannot be decoded (bad multipart boundary, invalid UTF-8) is the client's error.
     """
     pairs = list(request.query.items())
     if request.method == "POST" and request.can_read_body:
+        if request.content_type not in FORM_TYPES:  # read as a form, it would be no parameters
+            raise UnsupportedMediaTypeError(
+                f"a request body of type {request.content_type[:80]!r} is not read: send the "
+                "parameters as a form (application/x-www-form-urlencoded or multipart/form-data)"
+                " or in the query string"
+            )
         services = request.app.get(SERVICES)
         settings = services.settings if services is not None else None
         timeout = settings.body_timeout_s if settings is not None else 30.0
@@ -293,6 +303,8 @@ def job_info_elements(request: web.Request, job: JobRecord) -> list[etree._Eleme
         planned=True,
         cached_steps=sum(1 for s in job.steps if s.get("status") == "cached"),
     )
+    if job.phase == Phase.ABORTED:  # before (and after) its worker recorded the stop
+        info = info.interrupted()
     return jobinfo_elements(info)
 
 

@@ -1,17 +1,23 @@
-"""DataLink 1.1 at /datalink, and the raw files and raw previews its links point at.
+"""DataLink 1.1 at /datalink (the raw files and previews its links point at: web/raw_files.py).
 
 GET or POST /datalink?ID=...: one group of consecutive rows per ID (DataLink 3.2):
 
 - a raw file (``ivo://{authority}/raw?{path}``): #this (the FITS file, served from
   /archive/files/), #preview (a PNG drawn on first request, /previews/raw/), #proc (a SODA
-  async descriptor that reduces it: TARGET and recipe parameters with their defaults and
-  choices, cutout parameters with limits from its WCS), #calibration (the raw calibrations
-  the planner would pick, with the association's quality level);
+  async descriptor that reduces it: TARGET and recipe parameters for the user, their
+  defaults in the descriptions and choices in VALUES, cutout parameters with limits from
+  its WCS), #cutout (a SODA sync descriptor, TARGET fixed to raw: a cutout of the frame
+  as archived), #calibration (the raw calibrations the planner would pick, with the
+  association's quality level);
 - a product (``ivo://{authority}/product?{step_key}/{file}``): #this, #preview,
   #progenitor (the step's main inputs), #calibration (the master calibrations, i.e. the
   products of upstream steps, or raw calibrations), #auxiliary (recipe log, manifest with
-  the QC parameters), #proc (a SODA sync cutout descriptor, for images);
+  the QC parameters), #cutout (a SODA sync descriptor, for images);
 - anything else: one NotFoundFault row.
+
+Every descriptor takes its ID from the row (``ref`` to the ID column), so a client that
+picks the document's first SODA sync descriptor (pyvo's ``processed()``) cuts the dataset
+of the row it holds.
 
 MAXREC counts rows, but the rows of one ID are never split: the table stops before the
 first ID whose rows do not all fit, with QUERY_STATUS=OVERFLOW.
@@ -21,16 +27,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
 
 from soda_reduce.reduction.cascade import Param
-from soda_reduce.reduction.fits_headers import GZIP_SUFFIXES
-from soda_reduce.reduction.index_model import RAW_RESOURCE, RawFile, raw_file_id
+from soda_reduce.reduction.index_model import RAW_RESOURCE, RawFile
 from soda_reduce.reduction.plan import LEVEL_WORDS
-from soda_reduce.runtime.archive_boundary import servable
 from soda_reduce.runtime.datalinks import (
     STEP_KEY,
     ProductFacts,
@@ -39,16 +42,17 @@ from soda_reduce.runtime.datalinks import (
     product_facts,
     raw_reduction,
 )
-from soda_reduce.runtime.previews import PreviewError, raw_preview, raw_preview_path
+from soda_reduce.runtime.previews import raw_preview_path
 from soda_reduce.runtime.products import LOG_NAME, MANIFEST
-from soda_reduce.vo.dali import NotFoundError
-from soda_reduce.vo.datalink import Link, local_id, parse_links_request, render_links
+from soda_reduce.vo.datalink import ID_FIELD, Link, local_id, parse_links_request, render_links
 from soda_reduce.vo.descriptors import (
     InputParam,
     ServiceDescriptor,
     cutout_descriptor,
+    raw_target_param,
     reduce_descriptor,
 )
+from soda_reduce.web import raw_files
 from soda_reduce.web.context import (
     ASYNC_PATH,
     SERVICES,
@@ -58,21 +62,21 @@ from soda_reduce.web.context import (
     product_url,
 )
 from soda_reduce.web.products import FILE_NAME
+from soda_reduce.web.raw_files import FILES_PATH, RAW_PREVIEWS_PATH, raw_content_type
 from soda_reduce.web.static_calibrations import static_url
 
+__all__ = ["DATALINK_PATH", "FILES_PATH", "RAW_PREVIEWS_PATH", "add_routes", "links_handler"]
+
 DATALINK_PATH = "/datalink"
-FILES_PATH = "/archive/files"
-RAW_PREVIEWS_PATH = "/previews/raw"
 SYNC_PATH = "/soda/sync"
 PRODUCT_RESOURCE = "product"
 FITS_TYPE = "application/fits"
 IMAGE = "#image"  # product-type vocabulary (DataLink 1.1 3.2.9: relative to its base URI)
 _VOTABLE_TYPES = {"bool": "boolean", "int": "long", "float": "double", "str": "char"}
-
-
-def raw_content_type(path: str) -> str:
-    """Gzipped FITS is served as it is stored (gzip); the rest is FITS (tile-compressed too)."""
-    return "application/gzip" if path.lower().endswith(GZIP_SUFFIXES) else FITS_TYPE
+CUTOUT_TEXT = (
+    "(SODA sync): POS, CIRCLE or POLYGON on the sky, BAND, TIME, POL; the result keeps a "
+    "correct WCS"
+)
 
 
 def _is_image(raw: RawFile) -> bool:
@@ -148,7 +152,7 @@ class _Builder:
                 reduce_descriptor(
                     f"reduce-{self.count}",
                     f"{self.root}{ASYNC_PATH}",
-                    identifier,
+                    id_ref=ID_FIELD,
                     targets=red.targets,
                     default_target=red.default_target or "",
                     recipe=[_recipe_param(name, spec) for name, spec in red.parameters],
@@ -162,7 +166,8 @@ class _Builder:
                     identifier,
                     "#proc",
                     f"Reduce this frame on demand (SODA async): TARGET {red.default_target}"
-                    + (f" (or {', '.join(others)})" if others else ""),
+                    + (f" (or {', '.join(others)})" if others else "")
+                    + " by default",
                     service_def=descriptors[0].xml_id,
                     content_type="text/xml",
                     local_semantics="reduce",
@@ -171,6 +176,29 @@ class _Builder:
         elif red.targets:
             message = f"{raw.path} cannot be reduced: {red.problem}"
             links.append(Link.error(identifier, "FatalFault", message, semantics="#proc"))
+        if _is_image(raw):
+            self.count += 1
+            cutout = cutout_descriptor(
+                f"cutout-{self.count}",
+                f"{self.root}{SYNC_PATH}",
+                identifier,
+                id_ref=ID_FIELD,
+                header=raw.header,
+                what=f"the raw frame {raw.path} as archived",
+                fixed=(raw_target_param(),),
+            )
+            descriptors.append(cutout)
+            links.append(
+                Link(
+                    identifier,
+                    "#cutout",
+                    f"Cut out part of this frame as archived {CUTOUT_TEXT}",
+                    service_def=cutout.xml_id,
+                    content_type=FITS_TYPE,
+                    content_qualifier=IMAGE,
+                    local_semantics="cutout",
+                )
+            )
         for pick in red.calibrations:
             how = (
                 f"{pick.category} frame {pick.raw.path}, reduced by {pick.task} for {pick.used_by}"
@@ -258,15 +286,15 @@ class _Builder:
             f"cutout-{self.count}",
             f"{self.root}{SYNC_PATH}",
             identifier,
+            id_ref=ID_FIELD,
             header=facts.header,
             what=f"{item.category} {item.file}",
         )
         links.append(
             Link(
                 identifier,
-                "#proc",
-                "Cut out part of this image (SODA sync): POS, CIRCLE or POLYGON on the sky; "
-                "the result keeps a correct WCS",
+                "#cutout",
+                f"Cut out part of this image {CUTOUT_TEXT}",
                 service_def=descriptor.xml_id,
                 content_type=FITS_TYPE,
                 content_qualifier=IMAGE,
@@ -338,19 +366,30 @@ class _Builder:
 
 
 def _recipe_param(name: str, spec: Param) -> InputParam:
+    """A recipe or workflow parameter for the user: empty, its default in the description
+    (and among the options when it has choices), its limits in VALUES.
+
+    A number is declared ``double`` with ``arraysize="*"``: pyvo (1.10) fails on a scalar
+    double PARAM whose value is empty, which astropy reads as None; a variable-length
+    array leaves the value empty for it and still tells a client the parameter is numeric.
+    """
     datatype = _VOTABLE_TYPES.get(spec.type, "char")
+    default = spec.default
     if spec.type == "bool":
-        value = "T" if spec.default else "F"
+        shown = "T" if default else "F"
+        options: tuple[tuple[str, str], ...] = (("T", "T"), ("F", "F"))
     else:
-        value = "" if spec.default is None else str(spec.default)
+        shown = "" if default is None else str(default)
+        options = tuple((str(c), str(c)) for c in spec.choices)
+    described = spec.description.rstrip(". ") if spec.description else name
     return InputParam(
         name,
         datatype=datatype,
-        value=value,
-        description=f"{spec.description} (default {spec.default})".strip(),
+        arraysize="*" if spec.type == "float" else None,
+        description=f"{described}; default {shown} when left empty",
         minimum=spec.minimum,
         maximum=spec.maximum,
-        options=tuple((str(c), str(c)) for c in spec.choices),
+        options=options,
     )
 
 
@@ -375,54 +414,7 @@ async def links_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": wanted.media_type})
 
 
-async def _indexed(request: web.Request, path: str) -> RawFile:
-    """The indexed raw file at ``path``; 404 for anything else, ``..`` and hidden files too."""
-    services = request.app[SERVICES]
-    parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise NotFoundError("no such raw file")
-    found = await services.jobs.store.raw_files_by_id([raw_file_id(path, services.authority)])
-    if not found or services.archive_root is None:
-        raise NotFoundError("no such raw file in the archive index")
-    return found[0]
-
-
-async def raw_file(request: web.Request) -> web.StreamResponse:
-    """GET /archive/files/{path}: an indexed raw file as it is stored (ETag, ranges)."""
-    raw = await _indexed(request, request.match_info["path"])
-    root = request.app[SERVICES].archive_root
-    assert root is not None
-    path = await asyncio.to_thread(servable, root, raw.path)  # no link out of the archive
-    if path is None:
-        raise NotFoundError(f"{raw.path} is indexed but no longer in the archive")
-    response = web.FileResponse(path)
-    response.content_type = raw_content_type(raw.path)
-    return response
-
-
-async def raw_preview_handler(request: web.Request) -> web.StreamResponse:
-    """GET /previews/raw/{path}.png: the raw file's PNG, drawn on first request."""
-    name = request.match_info["path"]
-    if not name.endswith(".png"):
-        raise NotFoundError("no such preview")
-    raw = await _indexed(request, name[: -len(".png")])
-    services = request.app[SERVICES]
-    assert services.archive_root is not None
-    if await asyncio.to_thread(servable, services.archive_root, raw.path) is None:
-        raise NotFoundError(f"{raw.path} is indexed but no longer in the archive")
-    try:
-        png = await asyncio.to_thread(
-            raw_preview, services.products.root, Path(services.archive_root), raw
-        )
-    except PreviewError as exc:
-        raise NotFoundError(f"no preview: {exc}") from None
-    response = web.FileResponse(png)
-    response.content_type = "image/png"
-    return response
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_get(DATALINK_PATH, links_handler)
     app.router.add_post(DATALINK_PATH, links_handler)
-    app.router.add_get(FILES_PATH + "/{path:.+}", raw_file)
-    app.router.add_get(RAW_PREVIEWS_PATH + "/{path:.+}", raw_preview_handler)
+    raw_files.add_routes(app)  # the files and previews the links point at

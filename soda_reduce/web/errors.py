@@ -3,7 +3,8 @@
 One place decides: SODA's ``/soda/sync`` answers ``text/plain`` beginning with a SODA
 error label (SODA 1.0 section 5.2); the HTML pages answer an HTML page; ``/plan`` (a
 text tool) answers text; every other route (UWS, DataLink, VOSI, products, the archive)
-answers a DALI error VOTable. The identity and error middlewares and the server's own
+answers a DALI error VOTable, DataLink's with its text led by a DataLink fault
+(``UsageFault: ...``, DataLink 1.1 3.4). The identity and error middlewares and the server's own
 refusals (404 of unknown routes, 405, 413) all go through `error_response`.
 """
 
@@ -11,16 +12,19 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from http import HTTPStatus
 from typing import Literal
 
 from aiohttp import web
 
 from soda_reduce.vo.dali import VOTABLE_MEDIA_TYPE, render_error_votable
+from soda_reduce.vo.datalink import error_document as datalink_error
 
 log = logging.getLogger(__name__)
-Format = Literal["soda", "html", "text", "votable"]
+Format = Literal["soda", "html", "text", "votable", "datalink"]
 HTML_PREFIXES = ("/jobs", "/raw", "/static")
+PRODUCT_PAGE = re.compile(r"/products/[^/]+/.+/page")  # web/product_page.py (%2F decoded)
 # HTTP statuses as SODA's labels name them (anything else is "Error")
 _SODA_LABELS = {
     400: "UsageError",
@@ -29,6 +33,7 @@ _SODA_LABELS = {
     404: "UsageError",
     408: "UsageError",
     413: "UsageError",
+    415: "UsageError",
     503: "ServiceUnavailable",
 }
 
@@ -38,7 +43,9 @@ def route_format(path: str) -> Format:
         return "soda"
     if path == "/plan":
         return "text"
-    if path == "/" or path.startswith(HTML_PREFIXES):
+    if path == "/datalink":  # a DALI VOTable whose text starts with a DataLink fault
+        return "datalink"
+    if path == "/" or path.startswith(HTML_PREFIXES) or PRODUCT_PAGE.fullmatch(path):
         return "html"
     return "votable"
 
@@ -67,9 +74,10 @@ def error_response(
         if headers:
             response.headers.update(headers)
         return response
+    body = datalink_error(status, message) if fmt == "datalink" else render_error_votable(message)
     return web.Response(
         status=status,
-        body=render_error_votable(message),
+        body=body,
         content_type=VOTABLE_MEDIA_TYPE,
         headers=headers,
     )

@@ -47,6 +47,7 @@ class Landing:
     more_problems: int
     rows: dict[str, list[dict[str, Any]]]  # type (ALL: every file) -> first rows, by path
     listed: dict[str, int] = field(default_factory=dict)  # type -> how many files
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (pipeline, why), redacted
 
 
 def summarise_landing(
@@ -77,6 +78,8 @@ def summarise_landing(
         more_problems=max(0, len(problems) - PROBLEM_LIST_LIMIT),
         rows=shown,
         listed=dict(listed),
+        # a refused plug-in's reason may quote a file of it (a SyntaxError's path)
+        refused=[(name, public(why)) for name, why in sorted(pipelines.registry.refused.items())],
     )
 
 
@@ -170,7 +173,7 @@ def render_index(
             }
             for p in registry.pipelines.values()
         ],
-        refused=sorted(registry.refused.items()),
+        refused=landing.refused,
         unclaimed=landing.unclaimed,
         total=landing.total,
         counts=landing.counts,

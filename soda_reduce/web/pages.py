@@ -12,6 +12,10 @@ The job page updates itself without reloading: a small script polls
 in ``/jobs/{id}/panel`` (the same template the page embeds), so there is one rendering of a
 job, not one in HTML and another in JavaScript. Run, abort and delete go to the UWS endpoints.
 
+The job list and the job page tell jobs and products apart the way an astronomer does
+(raw files, object, setup, target; step, task, group keys), built by web/job_rows.py and
+web/job_view.py; a product's own page is web/product_page.py. URLs: web/page_urls.py.
+
 The "reduce this" form of a raw-file page posts to ``POST /jobs``, which creates the job
 through the job service exactly as ``POST /soda/async`` does, then lands the browser on the
 job page rather than on the UWS XML document.
@@ -24,15 +28,16 @@ import functools
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
 from soda_reduce.runtime.jobs import JobRecord
+from soda_reduce.runtime.product_view import step_manifests
 from soda_reduce.runtime.products import LOG_NAME
 from soda_reduce.vo.dali import DaliError
 from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, format_time
@@ -49,12 +54,14 @@ from soda_reduce.web.context import (
     params_of,
     public_owner,
 )
+from soda_reduce.web.job_rows import age_text, job_list_page, parse_cursor, progress
+from soda_reduce.web.job_view import JobView, stored_plan
+from soda_reduce.web.page_urls import datalink_url, raw_page_url
+from soda_reduce.web.products import public_text
 
 HERE = Path(__file__).parent
 POLL_MS = 1000  # the job page's polling interval while the job is active
-JOB_LIST_LIMIT = 200  # newest jobs shown on /jobs
 SUMMARY_KEYWORDS = ("OBJECT", "DATE-OBS", "EXPTIME", "FILTER", "IMAGETYP", "INSTRUME", "TELESCOP")
-PREVIEW = "PREVIEW"
 
 
 # ----------------------------------------------------------------- set-up and helpers
@@ -70,6 +77,7 @@ def setup(app: web.Application) -> None:
     )
     env.filters["time"] = lambda value: format_time(value) if value else ""
     env.filters["size"] = human_size
+    env.filters["ago"] = lambda value: age_text(value, datetime.now(UTC)) if value else ""
     app.router.add_get("/static/{name}", static_file, name="static")
 
 
@@ -136,33 +144,19 @@ def html_errors(handler: Handler) -> Handler:
 
 @html_errors
 async def jobs_page(request: web.Request) -> web.Response:
+    """The caller's jobs, newest first, a page at a time (web/job_rows.py)."""
     services = request.app[SERVICES]
-    rows = await services.jobs.jobs.list(
-        owner_of(request), last=JOB_LIST_LIMIT, fields=("progress",)
+    root = root_url(request)
+    cursor = parse_cursor(request.query)
+    page = await job_list_page(services, owner_of(request), cursor, root)
+    return render(
+        request,
+        "jobs.html",
+        title="Your jobs",
+        jobs=page.rows,
+        older=f"{root}/jobs?{page.next.query()}" if page.next else None,
+        paged=cursor is not None,
     )
-    jobs = [
-        {
-            "id": row["job_id"],
-            "phase": row["phase"],
-            "run_id": row.get("run_id") or "",
-            "created": row.get("creation_time"),
-            "progress": _progress(row.get("progress")),
-        }
-        for row in rows
-    ]
-    return render(request, "jobs.html", title="Your jobs", jobs=jobs, limit=JOB_LIST_LIMIT)
-
-
-def _progress(value: dict[str, Any] | None) -> dict[str, Any]:
-    value = value or {}
-    done, total = int(value.get("done", 0)), int(value.get("total", 0))
-    return {
-        "done": done,
-        "failed": int(value.get("failed", 0)),
-        "total": total,
-        "running": list(value.get("running") or []),
-        "percent": round(100 * done / total) if total else 0,
-    }
 
 
 @html_errors
@@ -203,11 +197,42 @@ def _existing_logs(services: Services, keys: list[str]) -> set[str]:
     return {k for k in keys if (services.products.step_dir(k) / LOG_NAME).is_file()}
 
 
+def _step_files(services: Services, keys: list[str]) -> tuple[set[str], dict[str, Any]]:
+    """Which steps have a log, and their manifests: file reads, for a thread."""
+    return _existing_logs(services, keys), step_manifests(services.products, keys)
+
+
+async def requested_raw_files(request: web.Request, job: JobRecord) -> list[dict[str, Any]]:
+    """The raw files the job names, linked to their pages and DataLink (one lookup)."""
+    services = request.app[SERVICES]
+    root = root_url(request)
+    ids = list(job.request.ids)
+    found = {r.file_id: r for r in await services.jobs.store.raw_files_by_id(ids)} if ids else {}
+    rows = []
+    for file_id in ids:
+        raw = found.get(file_id)
+        rows.append(
+            {
+                "id": file_id,
+                "path": raw.path if raw else file_id.rsplit("?", 1)[-1],
+                "url": raw_page_url(root, raw.path) if raw else None,
+                "object": str(raw.header.get("OBJECT") or "") if raw else "",
+                "datalink": datalink_url(root, file_id),
+            }
+        )
+    return rows
+
+
 async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
     services = request.app[SERVICES]
     root = root_url(request)
+    plan = stored_plan(job)
     keys = [s["step_key"] for s in job.steps if s.get("step_key")]
-    logs = await asyncio.to_thread(_existing_logs, services, keys)
+    if plan is not None:
+        keys += [j.step_key for j in plan.jobs if j.step_key and j.step_key not in keys]
+    logs, manifests = await asyncio.to_thread(_step_files, services, keys)
+    view = JobView(job, plan, manifests, root, services.authority)
+    public = public_text(services)  # stored redacted; again here, in case of older jobs
     steps = [
         {
             "id": s.get("job_id", ""),
@@ -215,7 +240,7 @@ async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
             "label": s.get("label") or "",
             "status": s.get("status", ""),
             "attempts": int(s.get("attempts") or 0),
-            "error": s.get("error") or "",
+            "error": public(s["error"]) if s.get("error") else "",
             "log": f"{root}{PRODUCTS_PATH}/{s['step_key']}/{LOG_NAME}"
             if s.get("step_key") in logs
             else None,
@@ -223,18 +248,7 @@ async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
         for s in job.steps
     ]
     completed = job.phase == Phase.COMPLETED
-    products = [
-        {
-            "file": r["file"],
-            "url": f"{root}{PRODUCTS_PATH}/{r['step_key']}/{quote(r['file'])}",
-            "category": r.get("category", ""),
-            "task": r.get("task", ""),
-            "size": r.get("size"),
-            "target": bool(r.get("target")),
-            "preview": r.get("category") == PREVIEW and r.get("content_type") == "image/png",
-        }
-        for r in (job.results if completed else [])
-    ]
+    products = view.products() if completed else []
     uws = f"{root}{ASYNC_PATH}/{job.job_id}"
     mine = may_change(job, owner_of(request))
     return {
@@ -246,10 +260,13 @@ async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
         "can_run": mine and job.phase in (Phase.PENDING, Phase.HELD),
         "can_abort": mine and job.phase in (*ACTIVE, Phase.HELD, Phase.SUSPENDED),
         "target": (job.plan or {}).get("target") or ", ".join(job.parameter("TARGET")),
-        "progress": _progress(job.progress),
+        "progress": progress(job.progress),
         "steps": steps,
-        "error": job.error.message if job.error else None,
-        "products": products,
+        "error": public(job.error.message) if job.error else None,
+        "datasets": view.datasets(),
+        "provenance": view.provenance(),
+        "logs": {k: f"{root}{PRODUCTS_PATH}/{k}/{LOG_NAME}" for k in logs},
+        "products": [p for p in products if not p["preview"]],
         "previews": [p for p in products if p["preview"]],
         "bundles": [
             {"kind": kind, "text": text, "url": bundle_url(root, job.job_id, kind)}
@@ -269,7 +286,8 @@ async def job_context(request: web.Request, job: JobRecord) -> dict[str, Any]:
 async def job_page(request: web.Request) -> web.Response:
     job = await _job(request)
     context = await job_context(request, job)
-    return render(request, "job.html", title=f"Job {job.job_id}", **context)
+    raw_files = await requested_raw_files(request, job)
+    return render(request, "job.html", title=f"Job {job.job_id}", raw_files=raw_files, **context)
 
 
 @html_errors
@@ -285,7 +303,7 @@ async def job_status(request: web.Request) -> web.Response:
         "job_id": job.job_id,
         "phase": job.phase.value,
         "final": job.phase in FINAL,
-        "progress": _progress(job.progress),
+        "progress": progress(job.progress),
         "steps": [
             {"id": s.get("job_id"), "task": s.get("task"), "status": s.get("status")}
             for s in job.steps

@@ -3,6 +3,11 @@
 The reduction view (targets, calibrations the planner would pick with their quality level,
 recipe parameters) is the one DataLink's #proc and #calibration rows show
 (runtime/datalinks.raw_reduction), so the page and VO clients never disagree.
+
+The page also lists what was already made from the file: registered products whose step
+read it, found through the ``input_file`` index of ``products`` (`Store.products_made_from`),
+at most `MADE_LIMIT`, and says "already reduced" when the default target's step used it as
+its main input.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from soda_reduce.reduction.tasks import Cascade
 from soda_reduce.runtime.archive_boundary import inside
 from soda_reduce.runtime.datalinks import raw_reduction
 from soda_reduce.vo.dali import NotFoundError
-from soda_reduce.web.context import SERVICES
+from soda_reduce.web.context import SERVICES, Services
 from soda_reduce.web.datalink import FILES_PATH, RAW_PREVIEWS_PATH
+from soda_reduce.web.page_urls import product_page_url
 from soda_reduce.web.pages import SUMMARY_KEYWORDS, html_errors, render, root_url
 from soda_reduce.web.products import public_text
+
+MADE_LIMIT = 100  # products listed as made from one raw file
 
 
 @html_errors
@@ -44,8 +52,13 @@ async def raw_page(request: web.Request) -> web.Response:
     archive = services.archive_root
     if archive is not None and await asyncio.to_thread(inside, archive, raw.path) is None:
         raise NotFoundError(f"no raw file {ids[0]!r} in this archive")  # a link leaving it
-    if raw.problem:  # recorded before problems were redacted at index time
-        raw = replace(raw, problem=public_text(services)(raw.problem))
+    if raw.problem or raw.claim:  # recorded before problems were redacted at index time
+        public = public_text(services)
+        raw = replace(
+            raw,
+            problem=public(raw.problem) if raw.problem else raw.problem,
+            claim=public(raw.claim) if raw.claim else raw.claim,
+        )
     pipeline = services.jobs.pipelines.of(raw)
     cascade = pipeline.cascade if pipeline is not None else services.jobs.cascade
     files = await services.jobs.raw_files()
@@ -54,6 +67,7 @@ async def raw_page(request: web.Request) -> web.Response:
     frame = services.jobs.pipelines.frame(raw)
     root = root_url(request)
     target = reduction.default_target or ""
+    made, more_made = await made_from(services, raw.file_id, root)
     return render(
         request,
         "raw.html",
@@ -81,7 +95,36 @@ async def raw_page(request: web.Request) -> web.Response:
         plan_url=f"{root}/plan?" + urlencode({"ID": raw.file_id, "TARGET": target}),
         file_url=f"{root}{FILES_PATH}/{quote(raw.path)}",
         preview_url=raw_preview_url(root, raw),
+        made=made,
+        more_made=more_made,
+        reduced=[m for m in made if m["main"] and m["role"] == "main" and m["task"] == target],
     )
+
+
+async def made_from(
+    services: Services, file_id: str, root: str
+) -> tuple[list[dict[str, Any]], bool]:
+    """Products made from the file and still stored, main uses first, no previews; and
+    whether more were registered than `MADE_LIMIT`."""
+    docs = await services.jobs.store.products_made_from(file_id, MADE_LIMIT + 1)
+    more, docs = len(docs) > MADE_LIMIT, docs[:MADE_LIMIT]
+    keys = {d["step_key"] for d in docs if d.get("step_key")}
+    stored = await asyncio.to_thread(lambda: {k for k in keys if services.products.has(k)})
+    rows = [
+        {
+            "file": d["file"],
+            "category": d.get("category", ""),
+            "task": d.get("task", ""),
+            "role": d.get("role", ""),
+            "main": bool(d.get("main")),
+            "step_key": d["step_key"],
+            "url": product_page_url(root, d["step_key"], d["file"]),
+        }
+        for d in docs
+        if d.get("step_key") in stored and d.get("category") != "PREVIEW"
+    ]
+    rows.sort(key=lambda r: (r["role"] != "main", not r["main"], r["task"], r["file"]))
+    return rows, more
 
 
 def _parameter_groups(

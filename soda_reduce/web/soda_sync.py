@@ -1,19 +1,23 @@
 """SODA 1.0 synchronous cutouts at /soda/sync, and the files of async cutout results.
 
-``ID`` names one dataset: a product (``ivo://AUTH/product?STEPKEY/FILE``, the cutout of
-the product) or a raw file (``ivo://AUTH/raw?PATH``, the cutout of the raw frame as the
-camera wrote it). POS / CIRCLE / POLYGON, BAND, TIME and POL filter as in
-`runtime.cutout`; without any the product file itself comes back.
+A request means here what it means on /soda/async (vo/job_request.py `JobKind`):
 
-Reducing in sync: a raw ID with ``TARGET`` (a task of the pipeline, e.g. ``science``)
-and optionally recipe parameters (``task.param``) asks for the cutout of the reduced
-product, exactly as the same parameters would on /soda/async. The reduction is
-planned, and answered here only when every step of the plan is already in the step
-cache (its ``steps`` document is done and its products are on disk): then the
-answer is a file read plus a cutout, fast enough for a synchronous request. If any
-step would have to run, the answer is a UsageError naming /soda/async: a reduction
-takes minutes, longer than HTTP clients and proxies wait, and a job can be followed,
-aborted and retried. docs/soda.md says the same for clients.
+- a product ID (``ivo://AUTH/product?STEPKEY/FILE``): the cutout of that product, or
+  without filters the product file itself; TARGET is a usage error;
+- a raw ID with ``TARGET=raw``: the cutout of the raw frame as archived, or without
+  filters the whole frame as plain FITS;
+- a raw ID otherwise: that frame reduced to TARGET (the pipeline's default target for
+  the frame when absent) with its recipe parameters, and the cutout of the product.
+
+POS / CIRCLE / POLYGON, BAND, TIME and POL filter as in `runtime.cutout`.
+
+Reducing in sync: the reduction is planned and answered here only when every step
+of the plan is already in the step cache (its ``steps`` document is done and its
+products are on disk): then the answer is a file read plus a cutout, fast enough
+for a synchronous request. If any step would have to run, the answer is a
+UsageError naming /soda/async (and ``TARGET=raw`` for the frame as archived): a
+reduction takes minutes, longer than HTTP clients and proxies wait, and a job can
+be followed, aborted and retried. docs/soda.md says the same for clients.
 
 Errors follow SODA 1.0 section 5.2: text/plain starting with a label (``UsageError:``,
 ``MultiValuedParamNotSupported:``, ...). No overlap is 204 with no body.
@@ -33,19 +37,26 @@ from soda_reduce.pipelines import Pipeline
 from soda_reduce.reduction.plan import PlanRequestError
 from soda_reduce.runtime.archive_boundary import servable
 from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, NoOverlap, cutout_bytes, cutouts_dir
+from soda_reduce.runtime.job_checks import ReductionRequest
 from soda_reduce.runtime.products import ProductError
-from soda_reduce.runtime.service import ReductionRequest
 from soda_reduce.runtime.step_cache import DONE
 from soda_reduce.runtime.store import StoreUnavailable, is_outage
-from soda_reduce.vo.dali import DaliError, NotFoundError
-from soda_reduce.vo.job_request import check_pairs
+from soda_reduce.vo.dali import DaliError, NotFoundError, UsageError
+from soda_reduce.vo.job_request import RAW_TARGET, JobKind, JobRequest, check_pairs
 from soda_reduce.vo.soda import (
     MultiValuedParamNotSupported,
     SodaUsageError,
     error_document,
     parse_soda,
 )
-from soda_reduce.web.context import ASYNC_PATH, SERVICES, Services, job_of, params_of
+from soda_reduce.web.context import (
+    ASYNC_PATH,
+    SERVICES,
+    Services,
+    job_of,
+    params_of,
+    product_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +110,10 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         raise SodaUsageError(f"RESPONSEFORMAT {formats[0]!r}: only application/fits is offered")
     if not soda.ids:
         raise SodaUsageError("ID is required: the identifier of one product or raw file")
+    job_request = replace(await services.jobs.parse(pairs), ids=soda.ids[:1])
     dataset = await _resolve(services, soda.ids[0])
-    job_request = replace(await services.jobs.parse(pairs), ids=(dataset.id,))
-    if dataset.kind == "raw":  # TARGET and recipe parameters, of the file's own pipeline
-        reduction, pipeline = await services.jobs.checked_request(job_request)
-    else:
-        reduction, pipeline = services.jobs.reduction_request(job_request), None
-    if reduction.target is not None or reduction.parameters:
-        if pipeline is None:
-            raise SodaUsageError("TARGET and recipe parameters apply to raw IDs only")
-        dataset = await _cached_reduction(services, reduction, dataset, pipeline)
+    if job_request.kind is JobKind.REDUCTION:
+        dataset = await _reduced(services, job_request, dataset)
     flt = soda.filters()[0]
     if flt.empty and dataset.kind == "product":
         return _fits_file(dataset.path)
@@ -165,6 +170,18 @@ async def _product(services: Services, identifier: str, key: str, name: str) -> 
     return Dataset(identifier, path, "product")
 
 
+async def _reduced(services: Services, job_request: JobRequest, raw: Dataset) -> Dataset:
+    """The product of reducing ``raw`` as the request asks, if every step is cached."""
+    hint = f"; or add TARGET={RAW_TARGET} for the raw frame as archived"
+    try:
+        reduction, pipeline = await services.jobs.checked_request(job_request)
+        return await _cached_reduction(services, reduction, raw, pipeline)
+    except UsageError as exc:
+        if job_request.target is not None:
+            raise SodaUsageError(exc.message) from None
+        raise SodaUsageError(exc.message + hint) from None  # no TARGET: they may want the raw
+
+
 async def _cached_reduction(
     services: Services, request: ReductionRequest, raw: Dataset, pipeline: Pipeline
 ) -> Dataset:
@@ -206,7 +223,7 @@ async def _cached_reduction(
     for item in mains:
         if item.get("content_type") in FITS_TYPES:
             return Dataset(
-                f"ivo://{services.authority}/product?{key}/{item['file']}",
+                product_id(services.authority, key, item["file"]),
                 services.products.step_dir(key) / item["file"],
                 "product",
             )

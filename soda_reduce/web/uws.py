@@ -17,7 +17,7 @@ from aiohttp import web
 from soda_reduce.runtime.jobs import JobRecord
 from soda_reduce.vo.dali import (
     VOTABLE_MEDIA_TYPE,
-    ForbiddenError,
+    NotFoundError,
     UsageError,
     case_insensitive_params,
     single,
@@ -35,6 +35,7 @@ from soda_reduce.vo.uws import (
     Result,
     format_time,
     parse_job_list_filters,
+    parse_phase_filter,
     parse_wait,
     render_error_summary,
     render_job,
@@ -79,11 +80,29 @@ async def _job(request: web.Request) -> JobRecord:
     return await job_of(request)  # the owner's; an anonymous job's URL also lets anyone read
 
 
+def has_results(job: JobRecord) -> bool:
+    """COMPLETED jobs, and ABORTED ones whose worker registered the products of the steps
+    that had finished (the job's own ``results``): those are as good as any other."""
+    return job.phase == Phase.COMPLETED or (job.phase == Phase.ABORTED and bool(job.results))
+
+
 def results_of(request: web.Request, job: JobRecord) -> list[Result]:
     """The products table first (id "result", as pyvo looks for), products, logs, cutouts."""
-    if job.phase != Phase.COMPLETED:
+    if not has_results(job):
         return []
     url = job_url(request, job.job_id)
+    # SODA cutouts (web/soda_sync.py serves them): one per dataset and combination of values
+    cutouts = [
+        Result(
+            f"cutout-{n}",
+            f"{url}/results/{item['name']}",
+            item.get("content_type"),
+            item.get("size"),
+        )
+        for n, item in enumerate(job.doc.get("cutouts") or [], start=1)
+    ]
+    if job.request.kind.cuts_only:  # raw frames as archived or products, cut: nothing else
+        return cutouts
     rows = product_rows(request, job)
     results = [
         Result("result", f"{url}/results/result", "application/x-votable+xml", None),
@@ -96,10 +115,7 @@ def results_of(request: web.Request, job: JobRecord) -> list[Result]:
             logs.add(row.step_key)
             base = row.access_url.rsplit("/", 1)[0]
             results.append(Result(f"log-{len(logs)}", f"{base}/recipe.log", "text/plain"))
-    # SODA cutouts (web/soda_sync.py serves them): one per product and combination of values
-    for n, item in enumerate(job.doc.get("cutouts") or [], start=1):
-        href = f"{url}/results/{item['name']}"
-        results.append(Result(f"cutout-{n}", href, item.get("content_type"), item.get("size")))
+    results += cutouts
     # download bundles, as PAWS offers them (web/bundles.py streams them)
     for kind in ("reduced", "reduced-raw", "all"):
         results.append(Result(f"bundle-{kind}", f"{url}/bundles/{kind}.zip", "application/zip"))
@@ -190,13 +206,10 @@ async def get_job(request: web.Request) -> web.Response:
             seconds = parse_wait(wait)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if expected is not None:
-            try:
-                expected_phase = Phase(expected.strip().upper())
-            except ValueError:
-                raise UsageError(f"unknown PHASE {expected!r}") from None
-        else:
-            expected_phase = None
+        try:
+            expected_phase = None if expected is None else parse_phase_filter(expected)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         cap = services.wait_cap_s
         limit = cap if seconds < 0 else min(float(seconds), cap)
         job = await _wait(request, job, expected_phase, limit - (time.monotonic() - started))
@@ -236,8 +249,15 @@ async def _wait(
     return await _job(request)
 
 
+def _after_delete(request: web.Request) -> web.Response:
+    """303 to the job list (UWS 1.1 2.2.3.2): the caller's jobs, windowed and capped at
+    `MAX_LIST` rows like every list (runtime/job_lists.py), so the landing stays cheap."""
+    return _see_other(f"{base_url(request)}{ASYNC_PATH}")
+
+
 async def post_job(request: web.Request) -> web.Response:
-    """POST to the job: ACTION=DELETE (UWS 1.1 2.2.3.1); also accepts PHASE and times."""
+    """POST to the job: ACTION=DELETE (UWS 1.1 2.2.3.1), PHASE=RUN|ABORT (as to {job}/phase,
+    which uws-client and others send here), and parameters to change while PENDING."""
     services = request.app[SERVICES]
     pairs = await params_of(request)
     job = await _job(request)
@@ -246,11 +266,19 @@ async def post_job(request: web.Request) -> web.Response:
         if action.strip().upper() != "DELETE":
             raise UsageError("ACTION must be DELETE")
         await services.jobs.delete(job.job_id, job.owner)
-        return _see_other(f"{base_url(request)}{ASYNC_PATH}?PHASE=PENDING&LAST=1")
+        return _after_delete(request)
     if not pairs:
-        raise UsageError("POST to a job needs ACTION=DELETE or parameters to change")
-    change, _ = await job_request_of(request, pairs)
-    await services.jobs.set_parameters(job, change, [n for n, _ in pairs])
+        raise UsageError("POST to a job needs ACTION=DELETE, PHASE or parameters to change")
+    phase = [(n, v) for n, v in pairs if n.upper() == "PHASE"]
+    others = [(n, v) for n, v in pairs if n.upper() != "PHASE"]
+    target = None
+    if phase:
+        target = (await job_request_of(request, phase))[0].phase  # RUN or ABORT, once
+    if others:  # a PENDING job only (403 after), before it runs
+        change, _ = await job_request_of(request, others)
+        job = await services.jobs.set_parameters(job, change, [n for n, _ in others])
+    if target is not None:
+        await services.jobs.change_phase(job, target)
     return _see_other(job_url(request, job.job_id))
 
 
@@ -258,8 +286,7 @@ async def delete_job(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     job = await _job(request)  # the caller may change it: deleted as its owner's
     await services.jobs.delete(job.job_id, job.owner)
-    # a cheap list to land on (pyvo does not follow it, browsers do)
-    return _see_other(f"{base_url(request)}{ASYNC_PATH}?PHASE=PENDING&LAST=1")
+    return _after_delete(request)
 
 
 async def get_phase(request: web.Request) -> web.Response:
@@ -310,8 +337,8 @@ async def post_destruction(request: web.Request) -> web.Response:
 
 async def get_error(request: web.Request) -> web.Response:
     job = await _job(request)
-    if not job.error:
-        raise ForbiddenError(f"the job has no error (phase {job.phase.value})")
+    if not job.error:  # DALI: a resource that does not exist (yet) is a 404
+        raise NotFoundError(f"the job has no error (phase {job.phase.value})")
     body = render_error_summary(ErrorSummary(job.error.message, job.error.kind))
     return web.Response(body=body, content_type=VOTABLE_MEDIA_TYPE)
 
@@ -345,8 +372,8 @@ async def post_parameters(request: web.Request) -> web.Response:
 
 async def get_products_table(request: web.Request) -> web.Response:
     job = await _job(request)
-    if job.phase != Phase.COMPLETED:
-        raise ForbiddenError(f"no results yet: the job is {job.phase.value}")
+    if not has_results(job):
+        raise NotFoundError(f"no results: the job is {job.phase.value}")
     rows = product_rows(request, job)
     body = await asyncio.to_thread(render_products_votable, rows, job_id=job.job_id)
     return web.Response(body=body, content_type=PRODUCTS_MEDIA_TYPE)
@@ -354,8 +381,9 @@ async def get_products_table(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_get(ASYNC_PATH, job_list)
-    r.add_post(ASYNC_PATH, create_job)
+    for path in (ASYNC_PATH, ASYNC_PATH + "/"):  # the trailing slash serves the same list
+        r.add_get(path, job_list)
+        r.add_post(path, create_job)
     job = ASYNC_PATH + "/{job_id}"
     r.add_get(job, get_job)
     r.add_post(job, post_job)

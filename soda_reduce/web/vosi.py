@@ -1,5 +1,9 @@
 """VOSI /availability and /capabilities, and the service's VOResource record at /registry.
 
+Both VOSI resources are served at the root and as siblings of the SODA endpoints
+(/soda/capabilities, /soda/availability). /availability also carries, as notes that do not
+make the service unavailable, what keeps the registry records from being harvestable.
+
 /availability runs real checks: the store answers a ping, the plan queue's broker answers,
 the executor could start a recipe (local: the recipe command runs; Kubernetes: the API server
 answers), and the product store has the configured free space. Each check is bounded by a
@@ -25,20 +29,15 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from lxml import etree
 
-import soda_reduce
 from soda_reduce.config import Settings
 from soda_reduce.runtime.store import is_outage
-from soda_reduce.vo.dali import FatalError
-from soda_reduce.vo.vosi import (
-    CheckResult,
-    RecordValues,
-    TemplateError,
-    availability_xml,
-    capabilities_xml,
-    render_record,
-)
+from soda_reduce.vo.vosi import CheckResult, availability_xml, capabilities_xml
 from soda_reduce.web.context import SERVICES, Services, base_url
+from soda_reduce.web.records import DEFAULT_TEMPLATE, publication_of, service_record
+
+__all__ = ["DEFAULT_TEMPLATE", "MONITOR", "AvailabilityMonitor", "add_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +45,7 @@ XML_TYPE = "text/xml"
 CHECK_TIMEOUT_S = 5.0  # each check; a hung store or broker makes the check fail, not the page
 REPORT_CACHE_S = 5.0
 EXECUTOR_CACHE_S = 30.0
-# in a source checkout; an installed service is given its own copy (docs/operators.md)
-DEFAULT_TEMPLATE = (
-    Path(soda_reduce.__file__).resolve().parents[1] / "vo_schemas" / "voresource-template.xml"
-)
-
+VOSI_PREFIXES = ("", "/soda")  # /capabilities, /soda/capabilities (and availability)
 Check = Callable[[], Awaitable[str]]  # the detail when fine; raises (with the reason) when not
 
 
@@ -313,7 +308,8 @@ MONITOR = web.AppKey("vosi_monitor", AvailabilityMonitor)
 async def availability(request: web.Request) -> web.Response:
     """Always 200: a degraded service says so in the document (VOSI), not in the status."""
     monitor = request.app[MONITOR]
-    body = availability_xml(await monitor.report(), monitor.up_since)
+    advisories = publication_of(request.app[SERVICES]).advisories()  # not failures
+    body = availability_xml(await monitor.report(), monitor.up_since, advisories)
     return web.Response(body=body, content_type=XML_TYPE, charset="utf-8")
 
 
@@ -322,42 +318,19 @@ async def capabilities(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=XML_TYPE, charset="utf-8")
 
 
-def record_values(services: Services, root_url: str, updated: datetime) -> RecordValues:
-    settings = _settings(services)
-    return RecordValues(
-        authority=services.authority,
-        base_url=root_url,
-        title=settings.title,
-        publisher=settings.publisher or services.authority,
-        contact_name=settings.contact_name,
-        contact_email=settings.contact_email or "",
-        updated=updated,
-    )
-
-
 async def registry(request: web.Request) -> web.Response:
     """The VOResource record a publishing registry harvests (docs/operators.md)."""
-    services = request.app[SERVICES]
-    path = _settings(services).registry_template or DEFAULT_TEMPLATE
-    try:
-        template = path.read_bytes()
-        updated = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-    except OSError as exc:
-        log.error("registry record template %s: %s", path, exc)
-        raise FatalError(
-            f"no registry record template at {path} ({exc.strerror}): "
-            "set SODA_REDUCE_REGISTRY_TEMPLATE"
-        ) from None
-    try:
-        body = render_record(template, record_values(services, base_url(request), updated))
-    except TemplateError as exc:
-        log.error("registry record template %s: %s", path, exc)
-        raise FatalError(f"registry record template {path}: {exc}") from None
+    record = await service_record(request)
+    body = etree.tostring(record, xml_declaration=True, encoding="UTF-8", pretty_print=True)
     return web.Response(body=body, content_type=XML_TYPE, charset="utf-8")
 
 
 def add_routes(app: web.Application) -> None:
+    publication_of(app[SERVICES])  # a bad identifier setting stops the start, not a request
     app[MONITOR] = AvailabilityMonitor(app[SERVICES])
-    app.router.add_get("/availability", availability)
-    app.router.add_get("/capabilities", capabilities)
+    # at the root, and as siblings of the SODA endpoints (DALI 1.1 section 2: a client
+    # given {base}/soda looks for {base}/soda/capabilities)
+    for prefix in VOSI_PREFIXES:
+        app.router.add_get(f"{prefix}/availability", availability)
+        app.router.add_get(f"{prefix}/capabilities", capabilities)
     app.router.add_get("/registry", registry)

@@ -98,12 +98,19 @@ async def uws_service(
     settings: Settings | None = None,
     worker: bool = True,
     sweeper: bool = False,
+    executor: Any = None,  # the worker's (default: the local executor of the settings)
 ) -> AsyncIterator[Harness]:
     settings = settings or Settings(data_dir=data_dir, archive_dir=archive, sweep_s=0.5)
     await index_archive(store, archive, authority=settings.authority, checksum_mode="fast")
     config = WorkerConfig(lease_s=6.0, check_s=0.5, runner=RunnerConfig(backoff_s=0.2))
     async with open_runtime(
-        settings, store, archive, worker=worker, sweeper=sweeper, worker_config=config
+        settings,
+        store,
+        archive,
+        worker=worker,
+        sweeper=sweeper,
+        worker_config=config,
+        executor=executor,
     ) as runtime:
         services = Services.from_runtime(runtime, archive)
         state = ServiceState(store, runtime.service.pipelines, str(archive))

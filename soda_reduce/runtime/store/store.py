@@ -74,6 +74,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     PRODUCTS: [
         IndexModel([("product_id", ASCENDING)], unique=True, name="product_id_unique"),
         IndexModel([("step_key", ASCENDING)], name="step_key"),
+        # a raw file's page lists what was made from it (multikey: every input's file_id)
+        IndexModel([("inputs.file_id", ASCENDING)], name="input_file"),
     ],
 }
 
@@ -386,6 +388,19 @@ class Store:
         """(path, problem) of every indexed file that could not be read properly, by path."""
         listing = await self.raw_listing()
         return sorted((p, s.problem) for p, s in listing.files.items() if s.problem is not None)
+
+    @typed_errors
+    async def products_made_from(self, file_id: str, limit: int) -> list[dict[str, Any]]:
+        """Registered products whose step read ``file_id`` (``input_file`` index), at most
+        ``limit``; ``role`` says how the step used it (main, associated) in place of the
+        step's whole input list."""
+        cursor = self.products.find({"inputs.file_id": file_id}, {"_id": 0}).limit(limit)
+        found = []
+        async for doc in cursor:
+            inputs = doc.pop("inputs", None) or []
+            doc["role"] = next((i.get("role") for i in inputs if i.get("file_id") == file_id), "")
+            found.append(doc)
+        return found
 
     @typed_errors
     async def count_raw_files(self) -> int:
