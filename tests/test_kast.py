@@ -19,7 +19,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import requests
 from astropy.io import fits
 
 from soda_reduce.pipelines.kast.pypeit_steps import RAW_TYPES
+from tests.support.tools import missing, stilts
 from tests.test_serve import Served, bounded, create_job, job_document, plan_counts, serve
 
 KAST = Path(__file__).resolve().parents[2] / "shared" / "data" / "kast"
@@ -41,20 +41,9 @@ JOB_S = 900  # a whole Kast reduction on two cores takes about two minutes
 
 def _need_pypeit() -> None:
     if importlib.util.find_spec("pypeit") is None:
-        if os.environ.get("CI"):
-            pytest.fail("PypeIt is not installed: the test command installs soda-reduce[kast]")
-        pytest.skip("PypeIt is not installed (pip install soda-reduce[kast])")
+        missing("PypeIt is not installed (pip install soda-reduce[kast]; the test command does)")
     if not RAW.is_dir():
         pytest.fail(f"the Kast night is missing: {RAW}")
-
-
-def _stilts() -> str:
-    found = shutil.which("stilts")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("stilts is not installed: the test command installs it")
-        pytest.skip("stilts not on PATH")
-    return found
 
 
 def _environment() -> dict[str, str]:
@@ -241,14 +230,15 @@ def test_kast_job_with_pyvo(
     assert got.content == (KAST / "static" / "shane_kast_blue_600.fits").read_bytes()
     assert any(s == "#auxiliary" and u.endswith(".png") for s, u, _ in rows)  # QA plots
 
-    stilts = _stilts()
+    stilts_command = stilts()
     body = session.get(
         f"{kast_served.base}/datalink?ID={quote(str(spectrum['ID']), safe='')}", timeout=60
     ).content
     path = tmp_path / "links.xml"
     path.write_bytes(body)
-    done = subprocess.run([stilts, "datalinklint", str(path)], capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [stilts_command, "datalinklint", str(path)], capture_output=True, text=True, timeout=180
+    )
     report = done.stdout + done.stderr
     totals = re.search(r"Totals: Errors: (\d+); Warnings: (\d+)", report)
     assert totals is not None and totals.group(1) == "0", report

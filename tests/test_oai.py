@@ -27,8 +27,8 @@ from tests.support.schemas import (
     SHARED_SCHEMAS,
     assert_valid,
     registry_schema,
-    stilts,
 )
+from tests.support.tools import stilts
 from tests.support.uws_harness import Harness, uws_service
 from tests.test_uws_clients import NO_NETWORK, _run
 

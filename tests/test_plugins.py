@@ -37,6 +37,7 @@ from soda_reduce.recipe.contract import InputSpec, Recipe
 from soda_reduce.reduction.cascade import Param, classification, data_source, param, same_setup
 from soda_reduce.reduction.rules import kw
 from soda_reduce.reduction.tasks import cascade, task
+from tests.support.tools import missing
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "plugins.md"
@@ -49,13 +50,6 @@ NO_INDEX = (  # pip could not get setuptools to build the example: no package in
     "No matching distribution found for setuptools",
     "Could not find a version that satisfies the requirement setuptools",
 )
-
-
-def _unavailable(why: str) -> None:
-    """Fail in CI (the test must run there), skip elsewhere, saying why either way."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{why}: the plug-in example must run in CI")
-    pytest.skip(why)
 
 
 def _environment() -> dict[str, str]:
@@ -101,9 +95,9 @@ def _tree(root: Path) -> list[str]:
 
 def test_worked_example_runs_as_written(tmp_path: Path) -> None:
     if shutil.which("bash") is None:
-        _unavailable("bash is not installed")
+        missing("bash is not installed")
     if importlib.util.find_spec("pip") is None:
-        _unavailable("pip is not installed in this environment")
+        missing("pip is not installed in this environment")
     work = tmp_path / "work"
     script = with_work_dir(doc_snippet(), work)
     # a fresh working directory in which the snippet's relative docs/ path resolves
@@ -124,7 +118,7 @@ def test_worked_example_runs_as_written(tmp_path: Path) -> None:
         _uninstall_example()
     log = f"--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
     if done.returncode != 0 and any(marker in done.stderr for marker in NO_INDEX):
-        _unavailable("pip cannot reach a package index to get setuptools")
+        missing("pip cannot reach a package index to get setuptools")
     assert done.returncode == 0, log
 
     # found: claimed and classified by the plug-in, and no pipeline refused

@@ -38,7 +38,8 @@ from lxml import etree
 from soda_reduce.runtime.executors.base import StepRun
 from soda_reduce.runtime.store import Store
 from tests.support.fakes import FakeRecipeExecutor
-from tests.support.schemas import OUR_SCHEMAS, missing, stilts
+from tests.support.schemas import OUR_SCHEMAS
+from tests.support.tools import missing, stilts
 from tests.support.uws_harness import UWS, Harness, uws_service
 from tests.test_uws_clients import NO_NETWORK, _run
 

@@ -25,7 +25,7 @@ from soda_reduce.vo.jobinfo import (
     parse_jobinfo,
 )
 from soda_reduce.vo.uws import JobSummary, Phase
-from tests.support.schemas import missing
+from tests.support.tools import missing
 from tests.test_vo_uws import SCHEMA_DIR, _OfflineResolver
 
 OUR_SCHEMAS = Path(__file__).resolve().parents[1] / "vo_schemas"

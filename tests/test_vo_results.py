@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from lxml import etree
 
 from soda_reduce.vo import results
 from soda_reduce.vo.results import PRODUCTS_MEDIA_TYPE, ProductRow, render_products_votable
+from tests.support.tools import missing
+from tests.support.tools import stilts as find_stilts
 from tests.test_vo_uws import SCHEMA_DIR
 
 BASE = "https://archive.example.org"
@@ -102,7 +103,7 @@ def test_empty_table_is_still_a_table() -> None:
 def test_validates_against_votable_xsd() -> None:
     xsd = SCHEMA_DIR / "VOTable-v1.4.xsd"
     if not xsd.is_file():
-        pytest.skip(f"VOTable 1.4 XSD not found at {xsd}")
+        missing(f"VOTable 1.4 XSD not found at {xsd}")
     schema = etree.XMLSchema(etree.parse(str(xsd)))
     for rows in (ROWS, []):
         data = render_products_votable(rows, job_id="j42", info={"a b": "c", "ID": "x"})
@@ -111,9 +112,7 @@ def test_validates_against_votable_xsd() -> None:
 
 @pytest.mark.parametrize("rows", [ROWS, []], ids=["rows", "empty"])
 def test_passes_votlint(rows: list[ProductRow], tmp_path: Path) -> None:
-    stilts = shutil.which("stilts")
-    if stilts is None:
-        pytest.skip("stilts not on PATH")
+    stilts = find_stilts()
     path = tmp_path / "products.vot"
     path.write_bytes(render_products_votable(rows, job_id="j42", info={"pipeline": "ccd"}))
     proc = subprocess.run(

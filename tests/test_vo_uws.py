@@ -25,7 +25,7 @@ from soda_reduce.vo.uws import (
     Phase,
     Result,
 )
-from tests.support.schemas import missing
+from tests.support.tools import missing
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vo_schemas"
 NS = {"uws": uws.UWS_NS, "xlink": uws.XLINK_NS, "xsi": uws.XSI_NS}

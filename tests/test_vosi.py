@@ -32,7 +32,7 @@ from soda_reduce.vo import vosi
 from soda_reduce.vo.archive_table import COLUMNS
 from soda_reduce.web.context import SERVICES
 from soda_reduce.web.vosi import DEFAULT_TEMPLATE, MONITOR, AvailabilityMonitor
-from tests.support.schemas import missing
+from tests.support.tools import missing
 from tests.support.uws_harness import Harness, uws_service
 from tests.test_uws_clients import NO_NETWORK, SHARED_SCHEMAS, _run, _stilts
 

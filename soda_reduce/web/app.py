@@ -1,7 +1,7 @@
 """The aiohttp application: the UWS job service, product files, and the preview pages.
 
-Handlers stay thin: parse the request, ask the runtime, render. The VO
-discovery endpoints (DataLink, VOSI, SODA sync) are added here by issue #5.
+Handlers stay thin: parse the request, ask the runtime, render. Every route is
+added here, each module with its own ``add_routes``.
 """
 
 from __future__ import annotations

@@ -9,13 +9,14 @@ make them through `in_thread`, which keeps the server on the test's event loop s
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from tests.support.tools import missing
 
 T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,13 +33,6 @@ CHROME_FLAGS = (
     "--no-proxy-server",  # loopback only, whatever the environment says
     "--window-size=1280,1600",
 )
-
-
-def missing_browser(why: str) -> None:
-    """Skip, or fail under CI (the env var ``CI`` set to anything but empty)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{why}: CI is set, so the browser tests must run", pytrace=False)
-    pytest.skip(why)
 
 
 def make_driver(profile: Path, log: Path) -> Any:
@@ -65,11 +59,11 @@ async def in_thread(fn: Callable[..., T], *args: Any, timeout: float = 60) -> T:
 async def chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     """A headless browser for one test (each test module makes it its ``browser`` fixture)."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        missing_browser("Debian's chromium and chromium-driver are not installed")
+        missing("Debian's chromium and chromium-driver are not installed")
     try:
         import selenium  # noqa: F401
     except ImportError:
-        missing_browser("selenium is not installed")
+        missing("selenium is not installed")
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

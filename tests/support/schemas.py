@@ -6,13 +6,12 @@ when ``CI`` is set: a CI run that silently validated nothing would be a lie.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import ClassVar
 
-import pytest
 from lxml import etree
+
+from tests.support.tools import missing
 
 SHARED_SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "vo_schemas"
 OUR_SCHEMAS = Path(__file__).resolve().parents[2] / "vo_schemas"
@@ -29,21 +28,6 @@ REGISTRY_SCHEMAS = {
     "http://www.ivoa.net/xml/STC/stc-v1.30.xsd": "stc-v1.30.xsd",
     "http://www.w3.org/1999/xlink": "xlink.xsd",
 }
-
-
-def missing(what: str) -> None:
-    """Skip, or under CI fail: the environment lacks something a test needs."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} (CI is set: a missing schema or tool is a failure)")
-    pytest.skip(what)
-
-
-def stilts() -> str:
-    found = shutil.which("stilts")
-    if found is None:
-        missing("stilts not on PATH (Debian package stilts)")
-    assert found is not None
-    return found
 
 
 def shared_schema(name: str) -> Path:
