@@ -42,6 +42,7 @@ from soda_reduce.runtime.cutout_jobs import (
 from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.executors.base import Executor
 from soda_reduce.runtime.jobs import JobError, JobRecord, JobStore, utcnow
+from soda_reduce.runtime.plan_progress import PlanProgress
 from soda_reduce.runtime.products import ProductError, ProductStore
 from soda_reduce.runtime.public_text import public_message
 from soda_reduce.runtime.runner import PlanOutcome, PlanRunner, RunnerConfig
@@ -181,7 +182,7 @@ class Worker:
             await self._finish(job, Phase.ERROR, {"error": error})
             return
         plan = ReductionPlan.from_dict(job.plan)
-        tracker = _Tracker(plan)
+        tracker = PlanProgress(plan)
         wake = asyncio.Event()
 
         def on_event(event: dict[str, Any]) -> None:
@@ -229,7 +230,7 @@ class Worker:
         return False
 
     async def _record_interruption(
-        self, job: JobRecord, plan: ReductionPlan, tracker: _Tracker
+        self, job: JobRecord, plan: ReductionPlan, tracker: PlanProgress
     ) -> None:
         """An ABORTED job (its owner, or its executionDuration) keeps what it had done: the
         products of its finished steps become its results, its steps in flight say
@@ -259,13 +260,13 @@ class Worker:
             return Phase.ERROR, {"error": JobError("products", message).to_doc()}
 
     async def _work(
-        self, job: JobRecord, plan: ReductionPlan, runner: PlanRunner, tracker: _Tracker
+        self, job: JobRecord, plan: ReductionPlan, runner: PlanRunner, tracker: PlanProgress
     ) -> tuple[Phase, dict[str, Any]]:
         """All of a job's work, supervised as one: the steps, then products and cutouts."""
         outcome = await runner.run(plan)
         return await self._complete(job, plan, outcome, tracker)
 
-    async def _report(self, job: JobRecord, tracker: _Tracker, wake: asyncio.Event) -> None:
+    async def _report(self, job: JobRecord, tracker: PlanProgress, wake: asyncio.Event) -> None:
         """Write progress to the job, coalescing bursts of runner events."""
         while True:
             await wake.wait()
@@ -275,7 +276,7 @@ class Worker:
             await asyncio.sleep(self.config.progress_s)
 
     async def _complete(
-        self, job: JobRecord, plan: ReductionPlan, outcome: PlanOutcome, tracker: _Tracker
+        self, job: JobRecord, plan: ReductionPlan, outcome: PlanOutcome, tracker: PlanProgress
     ) -> tuple[Phase, dict[str, Any]]:
         """The final phase and fields of a plan that ran (written by the caller)."""
         fields = tracker.fields()
@@ -389,60 +390,3 @@ class Worker:
             with contextlib.suppress(Exception):  # already registered by an earlier job
                 await self.store.products.insert_many(docs, ordered=False)
         return rows
-
-
-class _Tracker:
-    """Step states and counts of one running plan, from the runner's events."""
-
-    def __init__(self, plan: ReductionPlan) -> None:
-        self.jobs = plan.runnable_jobs()
-        self.steps: dict[str, dict[str, Any]] = {
-            j.job_id: {
-                "job_id": j.job_id,
-                "task": j.task,
-                "label": j.label,
-                "step_key": j.step_key,
-                "status": "pending",
-                "attempts": 0,
-                "error": None,
-            }
-            for j in self.jobs
-        }
-        self.progress: dict[str, Any] = {
-            "done": 0,
-            "failed": 0,
-            "total": len(self.jobs),
-            "running": [],
-        }
-
-    def update(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "progress":
-            self.progress = {k: event[k] for k in ("done", "failed", "total", "running")}
-            for job_id in event["running"]:
-                if job_id in self.steps and self.steps[job_id]["status"] == "pending":
-                    self.steps[job_id]["status"] = "running"
-        elif kind == "step" and event.get("job_id") in self.steps:
-            step = self.steps[event["job_id"]]
-            step.update(
-                status=event["status"], attempts=event.get("attempts", 0), error=event.get("error")
-            )
-        elif kind == "attempt" and event.get("job_id") in self.steps:
-            step = self.steps[event["job_id"]]
-            step.update(status="running", attempts=event["attempt"])
-
-    def fields(self) -> dict[str, Any]:
-        return {"progress": dict(self.progress), "steps": list(self.steps.values())}
-
-    def interrupted_fields(self) -> dict[str, Any]:
-        """The fields once the plan was stopped: nothing runs any more."""
-        fields = self.fields()
-        fields["progress"]["running"] = []
-        fields["steps"] = [interrupted_step(step) for step in fields["steps"]]
-        return fields
-
-
-def interrupted_step(step: dict[str, Any]) -> dict[str, Any]:
-    """A step of a stopped plan: in flight -> ``aborted``, not started -> ``skipped``."""
-    status = {"running": "aborted", "pending": "skipped"}.get(step.get("status", ""))
-    return {**step, "status": status} if status else dict(step)
