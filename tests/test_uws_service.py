@@ -14,8 +14,9 @@ from lxml import etree
 
 from soda_reduce.runtime.store import Store
 from soda_reduce.web.middleware import AuthConfig
+from tests.support.schemas import OfflineResolver
 from tests.support.uws_harness import UWS, Harness, uws_service
-from tests.test_vo_uws import SCHEMA_DIR, _OfflineResolver
+from tests.test_vo_uws import SCHEMA_DIR
 
 SHARED = SCHEMA_DIR / "UWS-v1.1.xsd"
 _SCHEMA: list[etree.XMLSchema] = []
@@ -36,7 +37,7 @@ def _uws_schema() -> etree.XMLSchema | None:
         return None
     if not _SCHEMA:
         parser = etree.XMLParser(no_network=True, resolve_entities=False)
-        parser.resolvers.add(_OfflineResolver())
+        parser.resolvers.add(OfflineResolver())
         _SCHEMA.append(etree.XMLSchema(etree.parse(str(SHARED), parser)))
     return _SCHEMA[0]
 

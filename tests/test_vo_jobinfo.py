@@ -25,8 +25,9 @@ from soda_reduce.vo.jobinfo import (
     parse_jobinfo,
 )
 from soda_reduce.vo.uws import JobSummary, Phase
+from tests.support.schemas import OfflineResolver
 from tests.support.tools import missing
-from tests.test_vo_uws import SCHEMA_DIR, _OfflineResolver
+from tests.test_vo_uws import SCHEMA_DIR
 
 OUR_SCHEMAS = Path(__file__).resolve().parents[1] / "vo_schemas"
 OUR_XSD = OUR_SCHEMAS / "soda-reduce-jobinfo-v1.xsd"
@@ -81,7 +82,7 @@ def jobinfo_schema() -> etree.XMLSchema:
 
 def _uws_parser() -> etree.XMLParser:
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    parser.resolvers.add(_OfflineResolver())
+    parser.resolvers.add(OfflineResolver())
     return parser
 
 

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from lxml import etree
@@ -25,6 +24,7 @@ from soda_reduce.vo.uws import (
     Phase,
     Result,
 )
+from tests.support.schemas import OfflineResolver
 from tests.support.tools import missing
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vo_schemas"
@@ -33,30 +33,13 @@ T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 BASE = "https://archive.example.org/soda/async"
 
 
-class _OfflineResolver(etree.Resolver):
-    """Map the xlink/xml schema locations to the local copies; refuse any network fetch."""
-
-    LOCAL: ClassVar[dict[str, str]] = {
-        "http://www.ivoa.net/xml/Xlink/xlink.xsd": "xlink.xsd",
-        "http://www.w3.org/1999/xlink": "xlink.xsd",
-        "http://www.w3.org/2001/xml.xsd": "xml.xsd",
-    }
-
-    def resolve(self, url, pubid, context):  # type: ignore[no-untyped-def]
-        if url in self.LOCAL:
-            return self.resolve_filename(str(SCHEMA_DIR / self.LOCAL[url]), context)
-        if "://" in url and not url.startswith("file:"):
-            raise OSError(f"refusing network fetch of {url}")
-        return None
-
-
 @pytest.fixture(scope="module")
 def uws_schema() -> etree.XMLSchema:
     path = SCHEMA_DIR / "UWS-v1.1.xsd"
     if not path.is_file():
         missing(f"UWS 1.1 XSD not found at {path} (../shared/vo_schemas missing)")
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    parser.resolvers.add(_OfflineResolver())
+    parser.resolvers.add(OfflineResolver())
     return etree.XMLSchema(etree.parse(str(path), parser))
 
 

@@ -37,7 +37,7 @@ def shared_schema(name: str) -> Path:
     return path
 
 
-class _Offline(etree.Resolver):
+class OfflineResolver(etree.Resolver):
     """Every schema location the registry schemas import, mapped to the local copies;
     anything else on the network is refused, never fetched."""
 
@@ -85,7 +85,7 @@ def registry_schema() -> etree.XMLSchema:
             f'targetNamespace="urn:soda-reduce:tests:driver">{imports}</xs:schema>'
         )
         parser = etree.XMLParser(no_network=True, resolve_entities=False)
-        parser.resolvers.add(_Offline())
+        parser.resolvers.add(OfflineResolver())
         doc = etree.fromstring(driver.encode(), parser, base_url=str(SHARED_SCHEMAS) + "/")
         _CACHE["registry"] = etree.XMLSchema(doc.getroottree())
     return _CACHE["registry"]
