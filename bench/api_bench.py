@@ -6,8 +6,8 @@ Three servers, each in a subprocess of its own behind a real TCP site:
 - bare: aiohttp handlers serving the very bytes the service served (same body,
   same content type), the baseline of the goals;
 - bare+store: the bare handlers after the service's own store-layer calls
-  (``JobStore.get``; ``raw_files_by_id`` + ``JobStore.create``), to tell the
-  store's share from the service's.
+  (``JobStore.get``; ``KnownRawFiles.by_id`` + ``JobStore.create`` of a new
+  session's job), to tell the store's share from the service's.
 The load generator (a lean asyncio HTTP/1.1 keep-alive client, N connections)
 runs in this process, so no two of them share an event loop or a core's queue.
 
@@ -227,11 +227,13 @@ async def serve_bare(args: argparse.Namespace) -> None:
     if args.mongo_url:
         # bare+store: the same calls of the service's store layer, then the same bytes
         from soda_reduce.runtime.jobs import JobStore, utcnow
+        from soda_reduce.runtime.known_raw_files import KnownRawFiles
         from soda_reduce.runtime.store import Store
         from soda_reduce.vo.job_request import parse_job_request
 
         store = Store.connect(args.mongo_url, DATABASE)
         jobs = JobStore(store)
+        known = KnownRawFiles(store)
         bare_get, bare_create = get_job, create_job
 
         async def get_job(request: web.Request) -> web.Response:
@@ -243,14 +245,15 @@ async def serve_bare(args: argparse.Namespace) -> None:
             raw_id = str((await request.post())["ID"])
             job_request = parse_job_request([("ID", raw_id)])
             owner = "anon:" + secrets.token_hex(32)  # a new session, as the service's
-            if not await store.raw_files_by_id([raw_id]):  # as JobService.pipeline_for
+            if not await known.by_id([raw_id]):  # as RequestChecks.pipeline_for
                 raise web.HTTPBadRequest()
-            await jobs.count_active(owner, UNLIMITED_JOBS)  # as JobService.create
+            # a new session owns nothing: JobService.create counts no active jobs for it
             await jobs.create(
                 owner,
                 job_request,
                 execution_duration=4 * 3600,
                 destruction=utcnow() + timedelta(days=7),
+                new_owner=True,
             )
             return await bare_create(request)
 
@@ -522,7 +525,7 @@ async def insert_jobs(
     """``n`` PENDING jobs of ``owner`` in the shape JobStore.create writes (one typed
     request, parsed once), by insert_many; the seconds taken and the job IDs, oldest first
     (one second apart, the newest a second ago)."""
-    from soda_reduce.runtime.job_lists import JobLists
+    from soda_reduce.runtime.job_lists import Creation, JobLists
     from soda_reduce.runtime.jobs import new_job_id, utcnow
     from soda_reduce.vo.job_request import parse_job_request
 
@@ -552,7 +555,7 @@ async def insert_jobs(
         ids += [doc["job_id"] for doc in docs]
         await store.jobs.insert_many(docs, ordered=False)
     # as JobStore.create does: the owner's first creation, where oldest-first lists start
-    await JobLists(store).note_creation(owner, now - timedelta(seconds=n))
+    await JobLists(store).note_creations([Creation(owner, now - timedelta(seconds=n))])
     return time.perf_counter() - start, ids
 
 
@@ -733,11 +736,12 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
             pending_id = (await rt.service.create(None, request)).job_id
             waited_id = (await rt.service.create(None, request)).job_id
             completed_id = await completed_looking(store, rt.service, raw_id)
-        seconds, listed_ids = await insert_jobs(store, args.jobs, raw_id, session_owner(list_token))
+        stored = args.jobs if "c" in args.only else 0
+        seconds, listed_ids = await insert_jobs(store, stored, raw_id, session_owner(list_token))
         await store.close()
         print(
             f"demo archive: {report.summary()}\n  ID={raw_id}\n"
-            f"inserted {args.jobs} jobs in {seconds:.1f} s; "
+            f"inserted {stored} jobs in {seconds:.1f} s; "
             f"setup {time.perf_counter() - started:.1f} s"
         )
 
@@ -825,88 +829,26 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
             figures.append(figure)
             return figure
 
-        print("(a) GET /soda/async/{id}")
+        if "a" in args.only:
+            print("(a) GET /soda/async/{id}")
         for label, job_id in (("PENDING", pending_id), ("COMPLETED", completed_id)):
+            if "a" not in args.only:
+                break
             figure = await compare(f"GET {label}", "GET", f"/soda/async/{job_id}", b"", 200)
             assert figure.service.sizes == figure.bare.sizes == {sizes[job_id]}
 
-        print(f"(c) GET /soda/async: the first page of a session's {args.jobs} jobs")
-        cookie = {"Cookie": f"{SESSION_COOKIE}={list_token}"}
-        first_page = listed_ids[:1000]
-        async with aiohttp.ClientSession(headers=cookie) as session:
-            with profiled("job list, first page x3"):
-                timings, size = await time_list(session, f"{base}/soda/async", first_page, 3)
-        memory.update(
-            listed=len(first_page), list_bytes=size, list_s=timings, after_list=rss_mb(api.pid)
-        )
-        print(
-            f"  {memory['listed']} jobrefs, {size / 1e3:.0f} kB, in "
-            + ", ".join(f"{t * 1000:.0f}" for t in timings)
-            + f" ms; API RSS {memory['after_list']:.0f} MB"
-        )
-
-        print("(b) POST /soda/async ID=<raw file>")
-        await compare("POST create", "POST", "/soda/async", f"ID={raw_id}".encode(), 303)
-        memory["after_create"] = rss_mb(api.pid)
-        memory["peak"] = rss_mb(api.pid, "VmHWM")
-
-        print(
-            f"(d) {args.waits} concurrent GET /soda/async/{{id}}?WAIT={args.wait} of a PENDING job"
-        )
-        profile_d = work / f"api-{len(profiles) + 1}.prof" if args.profile else None
-        waits = await hold_waits(
-            api, mongo.pid, waited_id, args.waits, args.wait, settings.wait_cap_s, profile_d
-        )
-        if profile_d is not None:
-            profiles.append((f"{args.waits} WAITs", profile_d))
-        memory["waits"] = waits
-        print(
-            f"  {waits['n']} requests written in {waits['written_s']:.1f} s, "
-            f"{waits['accepted']} connections accepted, settled at {waits['settled_s']:.1f} s, "
-            f"{waits['early']} answered by then; API RSS {waits['idle']:.0f} MB idle, "
-            f"{waits['blocked']:.0f} MB blocked (+{waits['above_idle']:.1f} MB, "
-            f"{waits['per_wait_kb']:.1f} kB per WAIT), {waits['peak']:.0f} MB peak, "
-            f"{waits['after']:.0f} MB after; while parked: API CPU "
-            f"{waits['parked_cpu'][0]:.0%}, store CPU {waits['parked_cpu'][1]:.0%}\n"
-            f"  answers: {waits['statuses']}, {waits['errors']} connection errors; "
-            f"{waits['min_s']:.1f} to {waits['max_s']:.1f} s"
-        )
-
-        print(f"(e) GET /soda/async?LAST=100 with {args.list_jobs} jobs of one session")
-        store = Store.connect(mongo.url, DATABASE)
-        seconds, many_ids = await insert_jobs(
-            store, args.list_jobs, raw_id, session_owner(many_token)
-        )
-        await store.close()
-        newest = many_ids[::-1][:100]
-        lists: dict[str, tuple[list[float], int]] = {}
-        cookie = {"Cookie": f"{SESSION_COOKIE}={many_token}"}
-        connector = aiohttp.TCPConnector(limit=1)  # one warm keep-alive connection
-        async with aiohttp.ClientSession(headers=cookie, connector=connector) as session:
-            budget = args.list_budget
-            with profiled(f"LAST=100 of {args.list_jobs}"):
-                lists["LAST=100"] = await time_list(
-                    session, f"{base}/soda/async?LAST=100", newest, args.list_requests, budget
-                )
-            lists["LAST=100&PHASE=PENDING"] = await time_list(
-                session,
-                f"{base}/soda/async?LAST=100&PHASE=PENDING",
-                newest,
-                args.list_requests,
-                budget,
-            )
-            lists["first page (no LAST)"] = await time_list(
-                session, f"{base}/soda/async", many_ids[:1000], args.list_requests, budget
-            )
-        memory["lists"] = lists
-        memory["list_insert_s"] = seconds
-        memory["after_lists"] = rss_mb(api.pid)
-        print(f"  inserted {args.list_jobs} jobs in {seconds:.1f} s")
-        for name, (timings, size) in lists.items():
-            print(
-                f"  {name:<24} {size / 1e3:5.0f} kB  best {min(timings) * 1000:6.1f} ms  "
-                f"median {statistics.median(timings) * 1000:6.1f} ms  ({len(timings)} GETs)"
-            )
+        if "c" in args.only:
+            await first_page(args, base, list_token, listed_ids, memory, api, profiled)
+        if "b" in args.only:
+            print("(b) POST /soda/async ID=<raw file>")
+            await compare("POST create", "POST", "/soda/async", f"ID={raw_id}".encode(), 303)
+            memory["after_create"] = rss_mb(api.pid)
+            memory["peak"] = rss_mb(api.pid, "VmHWM")
+        if "d" in args.only:
+            cap_s = settings.wait_cap_s
+            await many_waits(args, api, mongo.pid, waited_id, cap_s, memory, work, profiles)
+        if "e" in args.only:
+            await long_lists(args, base, mongo.url, raw_id, many_token, memory, api, profiled)
     finally:
         for server in servers:
             server.stop()
@@ -922,6 +864,113 @@ async def bench(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]
     memory["wall"] = time.perf_counter() - started
     memory["load_after"] = loadavg()
     return figures, memory
+
+
+async def first_page(
+    args: argparse.Namespace,
+    base: str,
+    token: str,
+    listed_ids: list[str],
+    memory: dict[str, Any],
+    api: Server,
+    profiled: Any,
+) -> None:
+    """(c): the first page of a session's stored jobs, and the API's RSS after it."""
+    import aiohttp
+
+    print(f"(c) GET /soda/async: the first page of a session's {args.jobs} jobs")
+    cookie = {"Cookie": f"{SESSION_COOKIE}={token}"}
+    first = listed_ids[:1000]
+    async with aiohttp.ClientSession(headers=cookie) as session:
+        with profiled("job list, first page x3"):
+            timings, size = await time_list(session, f"{base}/soda/async", first, 3)
+    memory.update(listed=len(first), list_bytes=size, list_s=timings, after_list=rss_mb(api.pid))
+    print(
+        f"  {memory['listed']} jobrefs, {size / 1e3:.0f} kB, in "
+        + ", ".join(f"{t * 1000:.0f}" for t in timings)
+        + f" ms; API RSS {memory['after_list']:.0f} MB"
+    )
+
+
+async def many_waits(
+    args: argparse.Namespace,
+    api: Server,
+    store_pid: int,
+    job_id: str,
+    cap_s: float,
+    memory: dict[str, Any],
+    work: Path,
+    profiles: list[tuple[str, Path]],
+) -> None:
+    """(d): the API's RSS under ``--waits`` blocking WAITs, and their answers."""
+    print(f"(d) {args.waits} concurrent GET /soda/async/{{id}}?WAIT={args.wait} of a PENDING job")
+    profile_d = work / f"api-{len(profiles) + 1}.prof" if args.profile else None
+    waits = await hold_waits(api, store_pid, job_id, args.waits, args.wait, cap_s, profile_d)
+    if profile_d is not None:
+        profiles.append((f"{args.waits} WAITs", profile_d))
+    memory["waits"] = waits
+    print(
+        f"  {waits['n']} requests written in {waits['written_s']:.1f} s, "
+        f"{waits['accepted']} connections accepted, settled at {waits['settled_s']:.1f} s, "
+        f"{waits['early']} answered by then; API RSS {waits['idle']:.0f} MB idle, "
+        f"{waits['blocked']:.0f} MB blocked (+{waits['above_idle']:.1f} MB, "
+        f"{waits['per_wait_kb']:.1f} kB per WAIT), {waits['peak']:.0f} MB peak, "
+        f"{waits['after']:.0f} MB after; while parked: API CPU "
+        f"{waits['parked_cpu'][0]:.0%}, store CPU {waits['parked_cpu'][1]:.0%}\n"
+        f"  answers: {waits['statuses']}, {waits['errors']} connection errors; "
+        f"{waits['min_s']:.1f} to {waits['max_s']:.1f} s"
+    )
+
+
+async def long_lists(
+    args: argparse.Namespace,
+    base: str,
+    mongo_url: str,
+    raw_id: str,
+    token: str,
+    memory: dict[str, Any],
+    api: Server,
+    profiled: Any,
+) -> None:
+    """(e): job lists of a session with ``--list-jobs`` jobs, on one warm connection."""
+    import aiohttp
+
+    from soda_reduce.runtime.store import Store
+    from soda_reduce.web.sessions import session_owner
+
+    print(f"(e) GET /soda/async?LAST=100 with {args.list_jobs} jobs of one session")
+    store = Store.connect(mongo_url, DATABASE)
+    seconds, many_ids = await insert_jobs(store, args.list_jobs, raw_id, session_owner(token))
+    await store.close()
+    newest = many_ids[::-1][:100]
+    lists: dict[str, tuple[list[float], int]] = {}
+    cookie = {"Cookie": f"{SESSION_COOKIE}={token}"}
+    connector = aiohttp.TCPConnector(limit=1)  # one warm keep-alive connection
+    async with aiohttp.ClientSession(headers=cookie, connector=connector) as session:
+        budget = args.list_budget
+        with profiled(f"LAST=100 of {args.list_jobs}"):
+            lists["LAST=100"] = await time_list(
+                session, f"{base}/soda/async?LAST=100", newest, args.list_requests, budget
+            )
+        lists["LAST=100&PHASE=PENDING"] = await time_list(
+            session,
+            f"{base}/soda/async?LAST=100&PHASE=PENDING",
+            newest,
+            args.list_requests,
+            budget,
+        )
+        lists["first page (no LAST)"] = await time_list(
+            session, f"{base}/soda/async", many_ids[:1000], args.list_requests, budget
+        )
+    memory["lists"] = lists
+    memory["list_insert_s"] = seconds
+    memory["after_lists"] = rss_mb(api.pid)
+    print(f"  inserted {args.list_jobs} jobs in {seconds:.1f} s")
+    for name, (timings, size) in lists.items():
+        print(
+            f"  {name:<24} {size / 1e3:5.0f} kB  best {min(timings) * 1000:6.1f} ms  "
+            f"median {statistics.median(timings) * 1000:6.1f} ms  ({len(timings)} GETs)"
+        )
 
 
 def _verdict(ok: bool) -> str:
@@ -945,15 +994,36 @@ def print_summary(figures: Sequence[Figure], memory: dict[str, Any], args: argpa
     def row(label: str, value: str, goal: str, ok: bool) -> None:
         print(f"{label:<26}{value:>9}{'':>35}  {goal:<8}{_verdict(ok):<9}")
 
+    if "c" in args.only:
+        _summary_c(memory, args, row)
+    if "d" in args.only:
+        _summary_d(memory, row)
+    if "e" in args.only:
+        _summary_e(memory, args, row)
+    print(
+        f"wall {memory['wall']:.0f} s on {os.cpu_count()} cores; load average (1 min) "
+        f"{memory['load_before']:.1f} before, {memory['load_after']:.1f} after"
+    )
+
+
+def _summary_c(memory: dict[str, Any], args: argparse.Namespace, row: Any) -> None:
     rss = memory["after_list"]
     row("(c) API RSS, MB", f"{rss:.0f}", f"< {GOALS['(c)']:.0f}", rss < GOALS["(c)"])
     timings = memory["list_s"]
+    after_b = f", after (b) {memory['after_create']:.0f} MB" if "after_create" in memory else ""
     print(
         f"    {args.jobs} stored jobs of one session; RSS idle {memory['idle']:.0f} MB, after "
-        f"the list {rss:.0f} MB, after (b) {memory['after_create']:.0f} MB, peak "
-        f"{memory['peak']:.0f} MB; first page: {memory['listed']} jobrefs, "
-        f"{memory['list_bytes'] / 1e3:.0f} kB, best {min(timings) * 1000:.0f} ms"
+        f"the list {rss:.0f} MB{after_b}, peak {rss_peak(memory):.0f} MB; first page: "
+        f"{memory['listed']} jobrefs, {memory['list_bytes'] / 1e3:.0f} kB, best "
+        f"{min(timings) * 1000:.0f} ms"
     )
+
+
+def rss_peak(memory: dict[str, Any]) -> float:
+    return memory.get("peak", memory["after_list"])
+
+
+def _summary_d(memory: dict[str, Any], row: Any) -> None:
     w = memory["waits"]
     row(
         f"(d) RSS, {w['n']} WAITs, MB",
@@ -977,6 +1047,9 @@ def print_summary(figures: Sequence[Figure], memory: dict[str, Any], args: argpa
         f"{w['ok']}/{w['n']} answered 200 in {w['min_s']:.1f}-{w['max_s']:.1f} s"
         + (f", statuses {w['statuses']}, {w['errors']} errors" if w["ok"] != w["n"] else "")
     )
+
+
+def _summary_e(memory: dict[str, Any], args: argparse.Namespace, row: Any) -> None:
     lists = memory["lists"]
     best = min(lists["LAST=100"][0]) * 1000
     row("(e) LAST=100, best ms", f"{best:.1f}", f"< {GOALS['(e)']:.0f}", best < GOALS["(e)"])
@@ -989,10 +1062,6 @@ def print_summary(figures: Sequence[Figure], memory: dict[str, Any], args: argpa
             f"      {name:<24}{min(timings) * 1000:8.1f} /{statistics.median(timings) * 1000:8.1f}"
             f"   {size / 1e3:.0f} kB, {len(timings)} GETs"
         )
-    print(
-        f"wall {memory['wall']:.0f} s on {os.cpu_count()} cores; load average (1 min) "
-        f"{memory['load_before']:.1f} before, {memory['load_after']:.1f} after"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1007,6 +1076,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list-requests", type=int, default=20, help="GETs per list of (e)")
     parser.add_argument(
         "--list-budget", type=float, default=30.0, help="seconds per list of (e); 0: no limit"
+    )
+    parser.add_argument(
+        "--only", default="abcde", help="the figures to measure, e.g. b for creation alone"
     )
     parser.add_argument("--sweeper", action="store_true", help="run the sweeper in the API")
     parser.add_argument("--profile", action="store_true", help="cProfile the API per phase")

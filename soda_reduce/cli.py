@@ -80,6 +80,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["authority"] = args.authority
     if getattr(args, "checksum", None):
         changes["checksum_mode"] = args.checksum
+    if getattr(args, "verify", False):
+        changes["verify_checksums"] = True
     # the data directory is made when missing, parents included, as it always was
     if getattr(args, "data_dir", None):
         option, where = "--data-dir", Path(args.data_dir)
@@ -259,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     index = command("index", "index an archive and list its files")
     index.add_argument("--archive", required=True, help="archive root")
     index.add_argument("--json", action="store_true", help="JSON instead of a table")
+    index.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-read every file and check its data against its DATASUM cards (reads all data)",
+    )
     store_options(index)
     index.set_defaults(func=cmd_index)
 

@@ -6,6 +6,10 @@ the commands say how many files each pipeline claimed and classified, list
 the files none claims with the reason, and exit non-zero. A plan with
 incomplete datasets is a failure too (exit 1) unless ``--allow-incomplete``
 accepts it; ``reduce`` then runs the complete ones.
+
+With ``--id`` the planner asks the store for those frames' groups and candidates
+only; without, it plans the whole index (``index`` lists it all anyway), which
+grows with the archive.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from soda_reduce.reduction.index_model import RawFile
 from soda_reduce.reduction.overrides import OverridesError
 from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
 from soda_reduce.reduction.report import format_plan
-from soda_reduce.runtime.archive_plans import pipelines_for_ids, plan_with, summarise
+from soda_reduce.runtime.archive_plans import ArchivePipelines, pipelines_for_ids, summarise
 from soda_reduce.runtime.render import write_graph
 
 EXIT_NOTHING = EXIT_FAILURE  # nothing could be planned or reduced
@@ -56,31 +60,30 @@ def loaded_registry(only: str | None) -> Registry:
 
 
 async def indexed_files(
-    settings: Settings, archive: Path, found: Registry, progress: Any = None, shared: Any = None
+    settings: Settings, archive: Path, progress: Any = None, shared: Any = None
 ) -> tuple[list[RawFile], Any]:
+    """Index, then every file of the index (what ``index`` lists)."""
     from soda_reduce.runtime.store import open_store
 
     async with open_store(settings, shared=shared) as store:
-        return await index_into(store, settings, archive, found, progress)
+        report = await index_into(store, settings, archive, progress)
+        return await store.all_raw_files(), report
 
 
-async def index_into(
-    store: Any, settings: Settings, archive: Path, found: Registry, progress: Any = None
-) -> tuple[list[RawFile], Any]:
-    """Bring the index up to date (claims and overrides recorded); every file after."""
+async def index_into(store: Any, settings: Settings, archive: Path, progress: Any = None) -> Any:
+    """Bring the index up to date (claims, overrides and classification recorded)."""
     from soda_reduce.runtime.indexer import index_with_claims
 
     try:
-        report = await index_with_claims(store, archive, settings, progress)
+        return await index_with_claims(store, archive, settings, progress)
     except OverridesError as exc:
         raise CommandError(f"overrides: {exc}") from None
-    return await store.all_raw_files(), report
 
 
 def cmd_index(settings: Settings, args: argparse.Namespace, progress: Any, shared: Any) -> int:
     found = loaded_registry(args.pipeline)
     archive = Path(args.archive).resolve()
-    files, report = asyncio.run(indexed_files(settings, archive, found, progress, shared))
+    files, report = asyncio.run(indexed_files(settings, archive, progress, shared))
     summary, frames = summarise(found, files, args.pipeline)
     by_path = {f.raw.path: (name, f) for name, items in frames.items() for f in items}
     rows = []
@@ -110,6 +113,7 @@ def cmd_index(settings: Settings, args: argparse.Namespace, progress: Any, share
                 "updated": report.updated,
                 "removed": report.removed,
                 "unchanged": report.unchanged,
+                "reclassified": report.reclassified,
                 "outside": [{"path": p, "problem": why} for p, why in report.outside],
             },
             "pipelines": {
@@ -145,9 +149,10 @@ def _print_index(rows: list[dict[str, Any]], summary: Any, report: Any) -> None:
     for line in summary.lines():
         if not line.startswith("  "):
             print(line)
+    again = f", {report.reclassified} re-classified" if report.reclassified else ""
     print(
         f"index: {report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged"
+        f"{report.unchanged} unchanged{again}"
     )
 
 
@@ -161,27 +166,36 @@ def _nothing(summary: Any, archive: Path) -> CommandError:
     return CommandError("nothing can be planned", EXIT_NOTHING, details=summary.lines())
 
 
-def plans_for(
-    settings: Settings, args: argparse.Namespace, found: Registry, files: list[RawFile]
+async def plans_for(
+    settings: Settings, args: argparse.Namespace, found: Registry, store: Any
 ) -> list[tuple[Pipeline, ReductionPlan]]:
-    """The plan of each pipeline the request concerns; CommandError when there is none."""
+    """The plan of each pipeline the request concerns; CommandError when there is none.
+
+    With IDs the store is asked (their groups and candidates); without, the whole
+    index is read and planned in memory.
+    """
     where = pairs(args.where, "--where")
     parameters = pairs(args.param, "--param")
-    ids = args.id or ()
+    ids = list(args.id or ())
+    files: list[RawFile] | None = None  # the whole index: only without IDs
     try:
         if args.pipeline:
             chosen = [found.get(args.pipeline)]
         elif ids:
-            chosen = pipelines_for_ids(found, files, ids)
+            chosen = pipelines_for_ids(found, await store.raw_files_by_id(ids), ids)
         else:
+            files = await store.all_raw_files()
             claimed = {raw.pipeline for raw in files if raw.pipeline}
             chosen = [p for p in found.selected(None) if p.name in claimed]
     except (PlanRequestError, PipelineError) as exc:
         raise CommandError(str(exc)) from None
-    summary, _ = summarise(found, files, args.pipeline)
-    if not chosen or not summary.classified:
-        raise _nothing(summary, Path(args.archive))
+    if not chosen:
+        raise _nothing(await _summary(store, found, files, args.pipeline), Path(args.archive))
+    if files is None and not ids:
+        files = await store.all_raw_files()
     static_root = settings.static_root(Path(args.archive).resolve())
+    pipelines = ArchivePipelines(found, static_root=static_root)
+    request = {"target": args.target, "where": where, "parameters": parameters}
     plans = []
     for pipeline in chosen:
         if args.target and len(chosen) > 1:
@@ -191,21 +205,30 @@ def plans_for(
                 print(f"{pipeline.name}: has no target {args.target}: skipped", file=sys.stderr)
                 continue
         try:
-            plan = plan_with(
-                pipeline,
-                files,
-                static_root,
-                target=args.target,
-                ids=ids,
-                where=where,
-                parameters=parameters,
-            )
+            if ids:
+                plan = await asyncio.to_thread(
+                    pipelines.plan_indexed, pipeline, store, ids=ids, **request
+                )
+            else:
+                assert files is not None
+                plan = await asyncio.to_thread(pipelines.plan, pipeline, files, **request)
         except PlanRequestError as exc:
             raise CommandError(f"{pipeline.name}: {exc}") from None
         plans.append((pipeline, plan))
     if not plans:
         raise CommandError(f"no pipeline has a target {args.target!r}")
+    if not any(plan.datasets for _, plan in plans):  # say why when nothing is classified
+        summary = await _summary(store, found, files, args.pipeline)
+        if not summary.classified:
+            raise _nothing(summary, Path(args.archive))
     return plans
+
+
+async def _summary(
+    store: Any, found: Registry, files: list[RawFile] | None, only: str | None
+) -> Any:
+    """How the index splits between pipelines (the whole index: only to explain a failure)."""
+    return summarise(found, files if files is not None else await store.all_raw_files(), only)[0]
 
 
 def incomplete_datasets(plans: list[tuple[Pipeline, ReductionPlan]]) -> list[str]:
@@ -247,8 +270,7 @@ def check_plans(
 def cmd_plan(settings: Settings, args: argparse.Namespace, progress: Any, shared: Any) -> int:
     found = loaded_registry(args.pipeline)
     archive = Path(args.archive).resolve()
-    files, _ = asyncio.run(indexed_files(settings, archive, found, progress, shared))
-    plans = plans_for(settings, args, found, files)
+    plans = asyncio.run(_planned(settings, args, found, archive, progress, shared))
     if args.graph:
         for pipeline, plan in plans:
             path = Path(args.graph)
@@ -272,6 +294,21 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, progress: Any, shared
     return 0
 
 
+async def _planned(
+    settings: Settings,
+    args: argparse.Namespace,
+    found: Registry,
+    archive: Path,
+    progress: Any,
+    shared: Any,
+) -> list[tuple[Pipeline, ReductionPlan]]:
+    from soda_reduce.runtime.store import open_store
+
+    async with open_store(settings, shared=shared) as store:
+        await index_into(store, settings, archive, progress)
+        return await plans_for(settings, args, found, store)
+
+
 async def reduce_archive(settings: Settings, args: argparse.Namespace, shared: Any) -> int:
     from soda_reduce.cli_reduce import report, run_plans
     from soda_reduce.runtime.products import ProductStore
@@ -282,8 +319,8 @@ async def reduce_archive(settings: Settings, args: argparse.Namespace, shared: A
     out = Path(args.out)
     products = ProductStore(settings.products_root)
     async with open_store(settings, shared=shared) as store:  # once: starting it costs
-        files, _ = await index_into(store, settings, archive, found)
-        plans = plans_for(settings, args, found, files)
+        await index_into(store, settings, archive)
+        plans = await plans_for(settings, args, found, store)
         check_plans(plans, args.allow_incomplete, list_reasons=True)
         outcomes = await run_plans(store, plans, args, archive, products)
     return report(outcomes, products, out)

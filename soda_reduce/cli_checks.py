@@ -142,18 +142,17 @@ def count(items: list[str] | None, option: str) -> list[str]:
 def mongo_url(value: str) -> str:
     """A MongoDB URL that PyMongo can parse (no network: an ``mongodb+srv://`` URL is
     checked in its plain form, since resolving it would ask DNS)."""
-    from pymongo.errors import PyMongoError
-    from pymongo.uri_parser import parse_uri
+    from soda_reduce.runtime.store import url_hosts
 
     srv = value.startswith("mongodb+srv://")
     if not (srv or value.startswith("mongodb://")):
         raise CommandError("--mongo-url must start with mongodb:// or mongodb+srv://")
     plain = "mongodb://" + value.removeprefix("mongodb+srv://") if srv else value
     try:
-        parsed = parse_uri(plain)
-    except (PyMongoError, ValueError) as exc:
-        raise CommandError(f"--mongo-url: {str(exc).splitlines()[0][:200]}") from None
-    if srv and (len(parsed["nodelist"]) != 1 or ":" in plain.split("@")[-1].split("/")[0]):
+        hosts = url_hosts(plain)
+    except ValueError as exc:
+        raise CommandError(f"--mongo-url: {exc}") from None
+    if srv and (len(hosts) != 1 or ":" in plain.split("@")[-1].split("/")[0]):
         raise CommandError("--mongo-url: a mongodb+srv:// URL names one host and no port")
     return value
 

@@ -29,6 +29,7 @@ examples:
   soda-reduce index --archive /tmp/a                    # ID, pipeline, types, problem
   soda-reduce index --archive /tmp/a --json | jq '.pipelines'
   soda-reduce index --archive /data/raw --mongo-url mongodb://db.example.org/
+  soda-reduce index --archive /data/raw --verify        # check every DATASUM (reads all data)
 
 Only files whose size or modification time changed are read again.
 {_STATUS}""",

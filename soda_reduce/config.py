@@ -97,6 +97,7 @@ class Settings:
     store_linger_s: float = 120.0  # a command's embedded store outlives it this long (0: not)
     authority: str = DEFAULT_AUTHORITY
     checksum_mode: str = "full"
+    verify_checksums: bool = False  # index --verify: re-read every file, sum DATASUM'd data
     # queue and execution: no AMQP URL means the in-process queue (embedded mode)
     amqp_url: str | None = None
     amqp_queue: str = "soda_reduce.plans"  # the plan queue (quorum)

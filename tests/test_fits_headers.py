@@ -127,7 +127,26 @@ def test_long_strings_via_continue_match_astropy(tmp_path: Path) -> None:
     assert read.problem is None
     assert_same(read.header, astropy_dict(fits.getheader(path)))
     assert read.header["LONGSTR"] == header["LONGSTR"].rstrip()
-    assert parse_cards(read.header_bytes.decode("ascii")) is None  # left to astropy
+    text = read.header_bytes.decode("ascii")
+    assert parse_cards(text[: text.index("END     ")]) == read.header  # joined natively
+
+
+def test_odd_continue_cards_are_left_to_astropy(tmp_path: Path) -> None:
+    after_number = [*VARIED[:4], "NUMBER  =                    1", "CONTINUE  'more'"]
+    after_comment = [*VARIED[:4], "COMMENT   a comment", "CONTINUE  'more'"]
+    not_a_string = [*VARIED[:4], "LONG    = 'first&'", "CONTINUE  42"]
+    unreadable = "unreadable header: CONTINUE cards must have string values."
+    expected = [unreadable, "no descriptive keywords", unreadable]  # astropy's verdicts
+    for n, cards in enumerate((after_number, after_comment, not_a_string)):
+        text = "".join(c.ljust(80) for c in cards)
+        assert parse_cards(text) is None
+        read = read_header(write_fits(tmp_path / f"odd{n}.fits", cards))
+        assert read.problem == expected[n]
+
+
+def test_continue_of_a_duplicate_is_dropped_with_it() -> None:
+    cards = ["LONG    = 'first&'", "CONTINUE  'second'", "LONG    = 'again&'", "CONTINUE  'x'"]
+    assert parse_cards("".join(c.ljust(80) for c in cards)) == {"LONG": "firstsecond"}
 
 
 def test_written_by_astropy_with_data(tmp_path: Path) -> None:

@@ -89,9 +89,9 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     reads: list[Path] = []
     real = indexer.read_header
 
-    def counting(path: Path):  # type: ignore[no-untyped-def]
-        reads.append(path)
-        return real(path)
+    def counting(path: Path | str, **options: bool):  # type: ignore[no-untyped-def]
+        reads.append(Path(path))
+        return real(path, **options)
 
     monkeypatch.setattr(indexer, "read_header", counting)
     return reads

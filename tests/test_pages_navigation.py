@@ -21,6 +21,7 @@ from astropy.io import fits
 
 from soda_reduce.pipelines import registry
 from soda_reduce.runtime.archive_plans import ArchivePipelines
+from soda_reduce.runtime.product_records import ProductRecords
 from soda_reduce.runtime.product_view import MAX_HDUS, fits_outline
 from soda_reduce.runtime.public_text import PublicText
 from soda_reduce.runtime.store import Store
@@ -288,13 +289,14 @@ async def test_products_made_from_a_raw_file_are_found_through_an_index(store: S
     plan = (await store.products.find(query).explain())["queryPlanner"]["winningPlan"]
     scan = plan.get("inputStage", plan)
     assert (scan["stage"], scan.get("indexName")) == ("IXSCAN", "input_file"), plan
-    found = await store.products_made_from("ivo://x/raw?f7", limit=10)
+    records = ProductRecords(store)
+    found = await records.made_from("ivo://x/raw?f7", limit=10)
     assert sorted((d["step_key"][-2:], d["role"]) for d in found) == [
         ("06", "associated"),
         ("07", "main"),
     ]
     assert all("inputs" not in d for d in found)
-    assert len(await store.products_made_from("ivo://x/raw?f7", limit=1)) == 1
+    assert len(await records.made_from("ivo://x/raw?f7", limit=1)) == 1
 
 
 def test_fits_outline_is_bounded_and_redacts_server_paths(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from soda_reduce.reduction.cascade import Param
+from soda_reduce.reduction.fits_checksums import DATASUM_PREFIX, verify_file
 from soda_reduce.reduction.static import PIPELINE_SCHEME
 
 EXIT_OK = 0
@@ -345,6 +346,18 @@ def _shipped_file(reference: str, inputs_path: Path, number: int) -> Path:
         raise RecipeUsageError(f"{inputs_path}: input {number}: {exc}") from None
 
 
+def check_raw_data(inputs: Sequence[RecipeInput]) -> None:
+    """Check the raw inputs the index identified by their DATASUM cards (``datasum:``
+    checksums: their data was not read then) before the recipe reads them, so that a file
+    whose data changed behind its header fails the step, named, instead of making a
+    product under a step key that stands for other data (``reduction/fits_checksums``)."""
+    for item in inputs:
+        if item.checksum and item.checksum.startswith(DATASUM_PREFIX):
+            problem = verify_file(item.path, item.checksum)
+            if problem is not None:
+                raise RecipeUsageError(f"raw input {item.ref}: {problem}")
+
+
 def load_params(path: Path | None, recipe: Recipe) -> dict[str, Any]:
     raw = _read_json(path, "params") if path is not None else {}
     if not isinstance(raw, dict):
@@ -358,6 +371,7 @@ def execute(recipe: Recipe, inputs_path: Path, params_path: Path | None, out: Pa
         doc, inputs = load_inputs(inputs_path, recipe)
         params = load_params(params_path, recipe)
         recipe.check_inputs(inputs)
+        check_raw_data(inputs)
         out.mkdir(parents=True, exist_ok=True)
         stale = out / MANIFEST
         stale.unlink(missing_ok=True)  # a manifest left by an earlier attempt is not ours

@@ -1,76 +1,52 @@
-"""Association: choose the best calibrations for a group, level by level.
+"""Association: choose the best calibrations for a group, level by level, by asking.
 
-Candidates are indexed once per (source, match keywords), so a request over
-tens of thousands of frames compares each frame with its own setup only.
+For each quality level the frame source is asked for the frames of the input's bottom
+category whose match keywords equal the reference's, within the level's window (for a
+task's products, the groups holding them, found whole: ``reduction/units.py``); the
+candidates then pass the same checks as ever (window on the group's reference,
+predicate, tolerances, calibration groups, a complete upstream job) and are ranked by
+the ``closest_by`` keyword, then time, then ID.
+
+A level with no time limit and ranked by MJD widens its window around the reference
+(`WIDEN_DAYS`, x4 each round) and stops as soon as the candidates within the current
+radius give enough usable choices: every candidate beyond it is farther. Ranked by
+another keyword, or for a reference without a time, it asks for every candidate of
+that category and keys at once (in proportion to those).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from soda_reduce.reduction.cascade import DataSource, MatchLevel, TimeClustering, TimeWindow
-from soda_reduce.reduction.organisation import Frame, FrameGroup, frames_of, group_frames
+from soda_reduce.reduction.cascade import DataSource, MatchLevel, TimeWindow
+from soda_reduce.reduction.frame_source import (
+    MJD_ORDINAL,
+    FrameQuery,
+    KeyValues,
+    NightRange,
+    bottom_category,
+    key_values,
+    night_ordinal,
+)
+from soda_reduce.reduction.organisation import Frame, frames_of
 from soda_reduce.reduction.overrides import groups_overlap
 from soda_reduce.reduction.plan import AssociationResult, PlanJob
 from soda_reduce.reduction.rules import normalise, show
 from soda_reduce.reduction.tasks import AssociatedInput, Task
+from soda_reduce.reduction.units import Unit
 
 if TYPE_CHECKING:
     from soda_reduce.reduction.planner import Planner
 
+__all__ = ["Associator", "Unit", "bottom_category", "window_phrase"]
 
-@dataclass(eq=False)
-class Unit:
-    """What one job reduces: a group of frames, or a group of upstream units (jobs)."""
-
-    group_id: str
-    label: str
-    keys: tuple[tuple[str, Any], ...]
-    reference: Frame
-    frames: list[Frame] | None = None
-    members: list[Unit] | None = None
-
-    @classmethod
-    def of_frames(cls, group: FrameGroup) -> Unit:
-        return cls(group.group_id, group.label, group.keys, group.reference(), list(group.frames))
-
-    @classmethod
-    def regroup(
-        cls,
-        name: str,
-        units: Sequence[Unit],
-        keywords: tuple[str, ...],
-        clustering: TimeClustering | None,
-    ) -> list[Unit]:
-        by_frame = {id(u.reference): u for u in units}
-        groups = group_frames(name, [u.reference for u in units], keywords, clustering)
-        return [
-            cls(
-                g.group_id,
-                g.label,
-                g.keys,
-                g.reference(),
-                members=[by_frame[id(f)] for f in g.frames],
-            )
-            for g in groups
-        ]
-
-    def file_ids(self) -> list[str]:
-        if self.frames is not None:
-            return [f.file_id for f in self.frames]
-        return [fid for member in self.members or [] for fid in member.file_ids()]
-
-    def closest_frames(self, count: int) -> list[Frame]:
-        """The ``count`` frames nearest the reference in time, kept in time order."""
-        frames = self.frames or []
-        ref = self.reference.mjd or 0.0
-        ranked = sorted(frames, key=lambda f: (abs((f.mjd or 0.0) - ref), f.file_id))[:count]
-        keep = set(map(id, ranked))
-        return [f for f in frames if id(f) in keep]
+WIDEN_DAYS = 1.0  # the first radius of a search without time limit
+WIDEN_FACTOR = 4.0
+WIDEN_ROUNDS = 10  # radii 1 d ... 4**9 d (~700 years), then everything
+_EPSILON = 1e-9
 
 
 @dataclass(eq=False)
@@ -81,40 +57,20 @@ class Candidate:
     payload: Frame | Unit
     night: int | None = None  # ordinal of the night label
     mjd: float | None = None
+    gap: float = math.inf  # days from the frame it would serve
 
     @classmethod
     def of(cls, reference: Frame, payload: Frame | Unit) -> Candidate:
-        label = reference.night
-        ordinal = date.fromisoformat(label).toordinal() if label else None
-        return cls(reference, payload, ordinal, reference.mjd)
+        return cls(reference, payload, night_ordinal(reference.night), reference.mjd)
 
 
-@dataclass
-class Pool:
-    """Candidates of one setup, sorted by night, so a time window is a bisection."""
+@dataclass(frozen=True)
+class Round:
+    """One question's time parts, and the time gap (days) within which every candidate
+    has been seen once they are answered."""
 
-    candidates: list[Candidate]
-    nights: list[int]
-    undated: list[Candidate]
-
-    @classmethod
-    def of(cls, candidates: list[Candidate]) -> Pool:
-        dated = sorted((c for c in candidates if c.night is not None), key=lambda c: c.night)
-        undated = [c for c in candidates if c.night is None]
-        return cls(dated, [c.night for c in dated], undated)  # type: ignore[misc]
-
-    def within(self, window: TimeWindow, night: int | None) -> list[Candidate]:
-        if window.max_nights is None or night is None:
-            return self.candidates + self.undated
-        low = bisect_left(self.nights, night - window.max_nights)
-        high = bisect_right(self.nights, night + window.max_nights)
-        return self.candidates[low:high]
-
-
-def bottom_category(source: DataSource | Task) -> str:
-    while isinstance(source, Task):
-        source = source.main.source
-    return source.category
+    parts: tuple[FrameQuery, ...]
+    settled: float
 
 
 def window_phrase(window: TimeWindow, ref: Frame) -> str:
@@ -132,37 +88,6 @@ def window_phrase(window: TimeWindow, ref: Frame) -> str:
 class Associator:
     def __init__(self, planner: Planner) -> None:
         self.planner = planner
-        self._candidates: dict[str, list[Candidate]] = {}
-        self._indexes: dict[
-            tuple[str, tuple[str, ...]], dict[tuple[Any, ...], list[Candidate]]
-        ] = {}
-
-    def _source_key(self, source: DataSource | Task) -> str:
-        kind = "task" if isinstance(source, Task) else "source"
-        return f"{kind}:{source.name}"
-
-    def candidates(self, source: DataSource | Task) -> list[Candidate]:
-        key = self._source_key(source)
-        found = self._candidates.get(key)
-        if found is None:
-            if isinstance(source, Task):
-                found = [Candidate.of(u.reference, u) for u in self.planner.units(source)]
-            else:
-                found = [Candidate.of(f, f) for f in frames_of(source, self.planner.frames)]
-            self._candidates[key] = found
-        return found
-
-    def _index(self, source: DataSource | Task, keywords: tuple[str, ...]) -> dict[Any, Pool]:
-        key = (self._source_key(source), keywords)
-        index = self._indexes.get(key)
-        if index is None:
-            buckets: dict[tuple[Any, ...], list[Candidate]] = {}
-            for candidate in self.candidates(source):
-                values = tuple(normalise(candidate.reference.get(k)) for k in keywords)
-                buckets.setdefault(values, []).append(candidate)
-            index = {values: Pool.of(items) for values, items in buckets.items()}
-            self._indexes[key] = index
-        return index
 
     def associate(
         self, item: Task, spec: AssociatedInput, unit: Unit
@@ -219,49 +144,148 @@ class Associator:
     def _try_level(
         self, spec: AssociatedInput, level: MatchLevel, ref: Frame, closest_by: str
     ) -> tuple[list[Frame | PlanJob], list[str]]:
-        values = tuple(normalise(ref.get(k)) for k in level.keywords)
-        pool = self._index(spec.source, level.keywords).get(values)
-        if pool is None:
-            return [], []
-        ref_night = date.fromisoformat(ref.night).toordinal() if ref.night else None
-        ref_mjd = ref.mjd
-        admitted: list[Candidate] = []
-        for candidate in pool.within(level.window, ref_night):
-            nights = (
-                abs(ref_night - candidate.night)
-                if ref_night is not None and candidate.night is not None
-                else None
-            )
-            hours = (
-                abs(ref_mjd - candidate.mjd) * 24.0
-                if ref_mjd is not None and candidate.mjd is not None
-                else None
-            )
-            if not level.window.admits(nights, hours):
-                continue
-            if level.predicate is not None and not level.predicate.matches(candidate.reference):
-                continue
-            if level.tolerances and not level.close_enough(ref, candidate.reference):
-                continue
-            if not groups_overlap(ref.calib_groups, candidate.reference.calib_groups):
-                continue
-            admitted.append(candidate)
-        admitted.sort(key=lambda c: _distance(ref, c.reference, closest_by))
+        values = key_values(ref, level.keywords)
+        ref_night = night_ordinal(ref.night)
+        base = FrameQuery(bottom_category(spec.source), values)
         chosen: list[Frame | PlanJob] = []
         rejected: list[str] = []
-        for candidate in admitted:
-            if isinstance(candidate.payload, Frame):
-                chosen.append(candidate.payload)
-                continue
-            assert isinstance(spec.source, Task)
-            job = self.planner.resolve(spec.source, candidate.payload)
-            if job.complete:
-                chosen.append(job)
-            else:
-                rejected.append(f"{job.label}: {'; '.join(job.reasons)}")
-            if len(chosen) >= spec.max_count:
-                break
+        seen: set[int] = set()
+        waiting: list[Candidate] = []
+        # raw frames: every admitted one counts for min_count; tasks: stop at max_count
+        enough = (
+            spec.max_count if isinstance(spec.source, Task) else max(spec.max_count, spec.min_count)
+        )
+        for round_ in self._rounds(base, level.window, ref_night, ref.mjd, closest_by):
+            for part in round_.parts:
+                for candidate in self._candidates(spec.source, self.planner.source.find(part)):
+                    if id(candidate.payload) in seen:
+                        continue
+                    seen.add(id(candidate.payload))
+                    if self._admits(level, values, ref, ref_night, candidate):
+                        candidate.gap = _gap(ref, candidate.reference)
+                        waiting.append(candidate)
+            ready = [c for c in waiting if c.gap <= round_.settled]
+            waiting = [c for c in waiting if c.gap > round_.settled]
+            ready.sort(key=lambda c: _distance(ref, c.reference, closest_by))
+            for candidate in ready:
+                if isinstance(candidate.payload, Frame):
+                    chosen.append(candidate.payload)
+                else:
+                    assert isinstance(spec.source, Task)
+                    job = self.planner.resolve(spec.source, candidate.payload)
+                    if job.complete:
+                        chosen.append(job)
+                    else:
+                        rejected.append(f"{job.label}: {'; '.join(job.reasons)}")
+                if len(chosen) >= enough:
+                    return chosen, rejected
         return chosen, rejected
+
+    def _candidates(self, source: DataSource | Task, frames: list[Frame]) -> list[Candidate]:
+        if isinstance(source, Task):
+            units = self.planner.finder.containing(source, frames)
+            return [Candidate.of(u.reference, u) for u in units]
+        return [Candidate.of(f, f) for f in frames_of(source, frames)]
+
+    @staticmethod
+    def _admits(
+        level: MatchLevel,
+        values: KeyValues,
+        ref: Frame,
+        ref_night: int | None,
+        candidate: Candidate,
+    ) -> bool:
+        if key_values(candidate.reference, level.keywords) != values:
+            return False  # a group found through one of its frames, its reference elsewhere
+        nights = (
+            abs(ref_night - candidate.night)
+            if ref_night is not None and candidate.night is not None
+            else None
+        )
+        hours = (
+            abs(ref.mjd - candidate.mjd) * 24.0
+            if ref.mjd is not None and candidate.mjd is not None
+            else None
+        )
+        if not level.window.admits(nights, hours):
+            return False
+        if level.predicate is not None and not level.predicate.matches(candidate.reference):
+            return False
+        if level.tolerances and not level.close_enough(ref, candidate.reference):
+            return False
+        return groups_overlap(ref.calib_groups, candidate.reference.calib_groups)
+
+    def _rounds(
+        self,
+        base: FrameQuery,
+        window: TimeWindow,
+        ref_night: int | None,
+        ref_mjd: float | None,
+        closest_by: str,
+    ) -> Iterator[Round]:
+        """The questions of one level, in rounds (see the module's docstring)."""
+        everything = Round((base,), math.inf)
+        if window.max_nights is not None:
+            if ref_night is not None:  # a frame without a night is never within N nights
+                span = NightRange(ref_night - window.max_nights, ref_night + window.max_nights)
+                yield Round((_part(base, span),), math.inf)
+            return
+        nightless = FrameQuery(base.category, base.keys, nightless=True)
+        offsets = self.planner.source.night_offsets()
+        if window.max_hours is not None:
+            if ref_mjd is not None:
+                days = window.max_hours / 24.0
+                parts = [nightless]
+                if offsets is not None:
+                    parts.insert(0, _part(base, _nights(ref_mjd - days, ref_mjd + days, offsets)))
+                yield Round(tuple(parts), math.inf)
+            return
+        if closest_by != "MJD" or ref_mjd is None or offsets is None:
+            yield everything
+            return
+        radius, previous = WIDEN_DAYS, None
+        for _ in range(WIDEN_ROUNDS):
+            span = _nights(ref_mjd - radius, ref_mjd + radius, offsets)
+            if previous is None:
+                parts = [_part(base, span), nightless]
+            else:
+                parts = [
+                    _part(base, NightRange(span.low, previous.low - 1)),  # type: ignore[operator]
+                    _part(base, NightRange(previous.high + 1, span.high)),  # type: ignore[operator]
+                ]
+            yield Round(tuple(p for p in parts if _non_empty(p)), radius)
+            previous, radius = span, radius * WIDEN_FACTOR
+        assert previous is not None
+        yield Round(
+            (
+                _part(base, NightRange(None, previous.low - 1)),  # type: ignore[operator]
+                _part(base, NightRange(previous.high + 1, None)),  # type: ignore[operator]
+            ),
+            math.inf,
+        )
+
+
+def _part(base: FrameQuery, nights: NightRange) -> FrameQuery:
+    return FrameQuery(base.category, base.keys, nights=nights)
+
+
+def _non_empty(query: FrameQuery) -> bool:
+    span = query.nights
+    return span is None or span.low is None or span.high is None or span.low <= span.high
+
+
+def _nights(low_mjd: float, high_mjd: float, offsets: tuple[float, float]) -> NightRange:
+    """The night ordinals of every frame whose MJD lies within [low_mjd, high_mjd], given
+    the bounds of "night - MJD" over the frames (a frame's night is its MJD plus that)."""
+    low = math.floor(low_mjd + offsets[0] - _EPSILON)
+    high = math.ceil(high_mjd + offsets[1] + _EPSILON)
+    return NightRange(low + MJD_ORDINAL, high + MJD_ORDINAL)
+
+
+def _gap(ref: Frame, other: Frame) -> float:
+    if ref.mjd is None or other.mjd is None:
+        return math.inf
+    return abs(ref.mjd - other.mjd)
 
 
 def _distance(ref: Frame, other: Frame, keyword: str) -> tuple[float, float, str]:

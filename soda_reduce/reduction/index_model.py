@@ -6,7 +6,7 @@ The planner never opens files; it works on these records, which the indexer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ HeaderValue = str | int | float | bool | None
 
 DEFAULT_AUTHORITY = "example.org"
 RAW_RESOURCE = "raw"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def raw_file_id(relative_path: str, authority: str = DEFAULT_AUTHORITY) -> str:
@@ -26,6 +27,77 @@ def raw_file_id(relative_path: str, authority: str = DEFAULT_AUTHORITY) -> str:
     return f"ivo://{authority}/{RAW_RESOURCE}?{rel}"
 
 
+def storable_header(header: Mapping[str, HeaderValue]) -> dict[str, HeaderValue]:
+    """The header as the index stores it: BSON holds no integer beyond 64 bits, so such
+    values become strings. Files are classified on this form, so a frame rebuilt from
+    the store and one classified again from the stored header agree."""
+    if not any(isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX for v in header.values()):
+        return dict(header)
+    return {
+        key: str(value)
+        if isinstance(value, int)
+        and not isinstance(value, bool)
+        and not INT64_MIN <= value <= INT64_MAX
+        else value
+        for key, value in header.items()
+    }
+
+
+@dataclass(frozen=True)
+class Classified:
+    """What a pipeline's rules made of a raw file, computed when it was indexed.
+
+    ``rules`` names the pipeline and the version of its rules (``ccd@1.1-3f2a...``): a
+    record of other rules is stale and re-classified. ``derived`` is None when a derived
+    value is not a plain scalar (it is then derived again when the frame is rebuilt).
+    ``night`` (the night label's ordinal), ``mjd``, ``keys`` (the normalised values of
+    every keyword the cascade groups, matches, ranks or tolerates by) and ``slots``
+    (the index entries of its queries, ``reduction/frame_index.py``) are query fields.
+    """
+
+    rules: str
+    categories: tuple[str, ...] = ()
+    derived: Mapping[str, HeaderValue] | None = None
+    overridden: bool = False
+    calib_groups: tuple[str, ...] | None = None
+    note: str | None = None
+    night: int | None = None
+    mjd: float | None = None
+    keys: Mapping[str, Any] = field(default_factory=dict)
+    slots: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rules": self.rules,
+            "categories": list(self.categories),
+            "derived": dict(self.derived) if self.derived is not None else None,
+            "overridden": self.overridden,
+            "calib_groups": list(self.calib_groups) if self.calib_groups is not None else None,
+            "note": self.note,
+            "mjd": self.mjd,
+            "keys": dict(self.keys),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, doc: Mapping[str, Any], night: int | None, slots: Sequence[str]
+    ) -> Classified:
+        calib = doc.get("calib_groups")
+        derived = doc.get("derived")
+        return cls(
+            rules=str(doc.get("rules", "")),
+            categories=tuple(doc.get("categories") or ()),
+            derived=dict(derived) if derived is not None else None,
+            overridden=bool(doc.get("overridden")),
+            calib_groups=tuple(calib) if calib is not None else None,
+            note=doc.get("note"),
+            night=night,
+            mjd=doc.get("mjd"),
+            keys=dict(doc.get("keys") or {}),
+            slots=tuple(slots),
+        )
+
+
 @dataclass(frozen=True)
 class RawFile:
     """One indexed raw file.
@@ -36,7 +108,9 @@ class RawFile:
     ``problem`` is set (and ``header`` empty) when the file could not be read.
     ``pipeline`` names the pipeline that claims the file (``claim`` says why none
     does); ``override`` is the operator's correction of its types or calibration
-    group (``{"types": [...], "calib": [...]}``), recorded by the indexer.
+    group (``{"types": [...], "calib": [...]}``), recorded by the indexer, and
+    ``classified`` what its pipeline's rules made of it then. ``slots`` and ``night``
+    are stored at the top of the document, where the index ``slots_night`` sees them.
     """
 
     file_id: str
@@ -50,8 +124,10 @@ class RawFile:
     pipeline: str | None = None
     claim: str | None = None
     override: Mapping[str, Any] | None = None
+    classified: Classified | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        classified = self.classified
         return {
             "file_id": self.file_id,
             "path": self.path,
@@ -64,10 +140,14 @@ class RawFile:
             "pipeline": self.pipeline,
             "claim": self.claim,
             "override": dict(self.override) if self.override else None,
+            "classified": classified.to_dict() if classified is not None else None,
+            "slots": list(classified.slots) if classified is not None else [],
+            "night": classified.night if classified is not None else None,
         }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> RawFile:
+        classified = doc.get("classified")
         return cls(
             file_id=doc["file_id"],
             path=doc["path"],
@@ -80,4 +160,7 @@ class RawFile:
             pipeline=doc.get("pipeline"),
             claim=doc.get("claim"),
             override=doc.get("override") or None,
+            classified=Classified.from_dict(classified, doc.get("night"), doc.get("slots") or ())
+            if classified
+            else None,
         )

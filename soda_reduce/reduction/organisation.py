@@ -58,14 +58,20 @@ class Frame:
         return value if isinstance(value, str) else None
 
 
-def make_frame(cascade: Cascade, raw: RawFile) -> Frame:
+def derive(cascade: Cascade, raw: RawFile) -> dict[str, Any]:
+    """The cascade's derived keywords of a file (None where one cannot be computed)."""
     derived: dict[str, Any] = {}
     for derivation in cascade.derivations:
         try:
             derived[derivation.name] = derivation.compute(raw.header)
         except Exception:  # a derivation that trips on one odd header must not stop planning
             derived[derivation.name] = None
-    frame = Frame(raw, derived)
+    return derived
+
+
+def make_frame(cascade: Cascade, raw: RawFile) -> Frame:
+    """The file seen through the cascade: derived keywords, then types (or the override's)."""
+    frame = Frame(raw, derive(cascade, raw))
     if raw.problem is not None:
         return frame
     override = raw.override or {}

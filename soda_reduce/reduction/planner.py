@@ -4,6 +4,11 @@ Only the target task's main inputs are selected by the request; everything
 else is pulled in by association, upstream, job by job. Each job is resolved
 once (memoised per task and group), so one bias group serving both the flat
 and the science frames becomes one job with one step key.
+
+The planner asks a frame source (``reduction/frame_source.py``) for what it needs:
+the requested frames by ID, their groups whole, and each association's candidates
+in its window. Over a list of frames that source is in memory; the service's is the
+store's. A request without IDs reads the target's whole category.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from soda_reduce.reduction.association import Associator, Unit
+from soda_reduce.reduction.association import Associator
 from soda_reduce.reduction.cascade import DataSource
+from soda_reduce.reduction.frame_source import FrameSource, MemoryFrames
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame, classify_all, frames_of, group_frames
+from soda_reduce.reduction.organisation import Frame, classify_all, frames_of
+from soda_reduce.reduction.parameters import split_parameters
 from soda_reduce.reduction.plan import (
     AssociationResult,
     Dataset,
@@ -29,6 +36,7 @@ from soda_reduce.reduction.plan import (
 from soda_reduce.reduction.rules import Rule, rule_from_mapping, show
 from soda_reduce.reduction.static import StaticFile, StaticLibrary, library_of
 from soda_reduce.reduction.tasks import Cascade, MainInput, Task
+from soda_reduce.reduction.units import Selection, Unit, UnitFinder
 
 
 @dataclass(frozen=True)
@@ -39,87 +47,47 @@ class PlanRequest:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
-def split_parameters(
-    cascade: Cascade, raw: Mapping[str, Any]
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Typed (recipe parameters per task, workflow parameters); PlanRequestError if bad.
-
-    ``task.param`` names a recipe parameter, a bare name a workflow parameter;
-    names are case-insensitive, as IVOA parameters are.
-    """
-    per_task: dict[str, dict[str, Any]] = {}
-    workflow = {p.name: p.parse(p.default) for p in cascade.workflow_params}
-    for name, value in sorted(raw.items()):
-        if "." in name:
-            task_name, param_name = name.split(".", 1)
-            try:
-                item = cascade.task(task_name)
-            except KeyError as exc:
-                raise PlanRequestError(str(exc.args[0])) from None
-            spec = item.parameter(param_name)
-            if spec is None:
-                known = ", ".join(p.name for p in item.parameters) or "none"
-                raise PlanRequestError(
-                    f"task {item.name} has no parameter {param_name!r} (parameters: {known})"
-                )
-            key = (item.name, spec.name)
-        else:
-            spec = cascade.workflow_param(name)
-            if spec is None:
-                known = ", ".join(p.name for p in cascade.workflow_params) or "none"
-                raise PlanRequestError(f"unknown workflow parameter {name!r} (known: {known})")
-            key = (None, spec.name)
-        try:
-            typed = spec.parse(value)
-        except ValueError as exc:
-            raise PlanRequestError(f"parameter {name}: {exc}") from None
-        if key[0] is None:
-            workflow[spec.name] = typed
-        else:
-            per_task.setdefault(key[0], {})[key[1]] = typed
-    return per_task, workflow
-
-
 class Planner:
-    """One planning run over a fixed set of frames; not reusable across requests."""
+    """One planning run over one frame source; not reusable across requests.
+
+    Given ``files``, the frames are classified here and held in memory; given a
+    ``source`` (the store's), the planner asks it and classifies nothing.
+    """
 
     def __init__(
         self,
         cascade: Cascade,
-        files: Iterable[RawFile],
+        files: Iterable[RawFile] = (),
         static: Mapping[str, StaticFile] | StaticLibrary | None = None,
+        *,
+        source: FrameSource | None = None,
     ) -> None:
         self.cascade = cascade
-        self.frames = classify_all(cascade, files)
-        self.by_id = {f.file_id: f for f in self.frames}
+        self.source: FrameSource = (
+            source if source is not None else MemoryFrames(classify_all(cascade, files))
+        )
         self.static = library_of(static)
         self.workflow: dict[str, Any] = {}
         self.overrides: dict[str, dict[str, Any]] = {}
-        self._units: dict[str, list[Unit]] = {}
         self._jobs: dict[tuple[str, str], PlanJob] = {}
         self._by_job_id: dict[str, PlanJob] = {}
         self._in_progress: set[tuple[str, str]] = set()
+        self.finder = UnitFinder(self.source, self.resolve)
         self._associator = Associator(self)
+
+    @property
+    def frames(self) -> list[Frame]:
+        """Every frame, for a planner over frames in memory (checks, small callers)."""
+        if not isinstance(self.source, MemoryFrames):
+            raise TypeError("a planner over the store has no list of frames; ask its source")
+        return self.source.frames
 
     # ------------------------------------------------------------------ units
 
-    def units(self, item: Task) -> list[Unit]:
-        """Every group the task could reduce in this archive (for association)."""
-        cached = self._units.get(item.name)
-        if cached is None:
-            cached = self._units_for(item, item.main, None)
-            self._units[item.name] = cached
-        return cached
-
-    def _units_for(self, item: Task, main: MainInput, selected: set[str] | None) -> list[Unit]:
+    def _units_for(self, item: Task, main: MainInput, selected: Selection | None) -> list[Unit]:
         source = main.source
         if isinstance(source, DataSource):
-            frames = frames_of(source, self.frames)
-            near = source.group_near if main.group_by is None else ()
-            groups = group_frames(source.name, frames, main.grouping, main.time_clustering, near)
-            if selected is not None:
-                groups = [g for g in groups if any(f.file_id in selected for f in g.frames)]
-            return [Unit.of_frames(g) for g in groups]
+            return [Unit.of_frames(g) for g in self.finder.selected_groups(main, selected)]
         upstream = self._units_for(source, source.main, selected)
         jobs = [(unit, self.resolve(source, unit)) for unit in upstream]
         usable = [unit for unit, job in jobs if job.complete]
@@ -316,7 +284,7 @@ class Planner:
 
     def _selection(
         self, target: Task, request: PlanRequest, lenient: bool = False
-    ) -> set[str] | None:
+    ) -> Selection | None:
         """Frames the request selects for ``target``; with ``lenient`` (a meta-target),
         IDs of other categories are passed over and _NotThisTask says none was left."""
         if not request.ids and not request.where:
@@ -326,9 +294,10 @@ class Planner:
             bottom = bottom.main.source
         source = bottom.main.source
         assert isinstance(source, DataSource)
-        chosen: set[str] = set()
+        found = self.source.by_ids(request.ids)
+        chosen: dict[str, Frame] = {}
         for file_id in request.ids:
-            frame = self.by_id.get(file_id)
+            frame = found.get(file_id)
             if frame is None:
                 raise PlanRequestError(f"unknown ID {file_id}")
             if frame.raw.problem:
@@ -341,15 +310,16 @@ class Planner:
                     f"{file_id} is {kind} frame; task {target.name} reduces "
                     f"{source.category} frames"
                 )
-            chosen.add(file_id)
+            chosen[file_id] = frame
         if lenient and request.ids and not chosen:
             raise _NotThisTask
-        if request.where:
-            rule: Rule = rule_from_mapping(dict(request.where))
-            pool = frames_of(source, self.frames)
-            matching = {f.file_id for f in pool if rule.matches(f)}
-            chosen = matching if not request.ids else chosen & matching
-        return chosen
+        if not request.where:
+            return Selection(set(chosen), list(chosen.values()))
+        rule: Rule = rule_from_mapping(dict(request.where))
+        pool = frames_of(source, self.finder.scan(source.category))  # grows with the archive
+        matching = {f.file_id: f for f in pool if rule.matches(f)}
+        ids = set(matching) if not request.ids else set(chosen) & set(matching)
+        return Selection(ids, [matching[i] for i in sorted(ids)], scanned=True)
 
 
 class _NotThisTask(Exception):
@@ -394,10 +364,14 @@ def plan_reduction(
     where: Mapping[str, Any] | None = None,
     parameters: Mapping[str, Any] | None = None,
     static: Mapping[str, StaticFile] | StaticLibrary | None = None,
+    *,
+    source: FrameSource | None = None,
 ) -> ReductionPlan:
-    """Plan one request; the single entry point the service and the CLI use."""
+    """Plan one request over ``files`` (classified here, in memory), or, given a
+    ``source``, by asking it (``files`` is then ignored): the entry point of the service,
+    the command line and the tests."""
     request = PlanRequest(target, tuple(ids), dict(where or {}), dict(parameters or {}))
-    return Planner(cascade, files, static).plan(request)
+    return Planner(cascade, files if source is None else (), static, source=source).plan(request)
 
 
-__all__ = ["PlanRequest", "Planner", "StaticFile", "plan_reduction"]
+__all__ = ["PlanRequest", "Planner", "StaticFile", "plan_reduction", "split_parameters"]

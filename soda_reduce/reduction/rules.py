@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 
@@ -62,9 +63,13 @@ class Equals(Rule):
     keyword: str
     value: Any
 
+    @cached_property
+    def _wanted(self) -> Any:
+        return normalise(self.value)
+
     def matches(self, frame: KeywordSource) -> bool:
         actual = frame.get(self.keyword)
-        return actual is not None and normalise(actual) == normalise(self.value)
+        return actual is not None and normalise(actual) == self._wanted
 
     def describe(self) -> str:
         return f"{self.keyword}={show(self.value)}"
@@ -75,12 +80,15 @@ class OneOf(Rule):
     keyword: str
     values: tuple[Any, ...]
 
+    @cached_property
+    def _normalised(self) -> tuple[Any, ...]:
+        return tuple(normalise(v) for v in self.values)
+
     def matches(self, frame: KeywordSource) -> bool:
         actual = frame.get(self.keyword)
         if actual is None:
             return False
-        wanted = normalise(actual)
-        return any(normalise(v) == wanted for v in self.values)
+        return normalise(actual) in self._normalised  # rules are matched once per file indexed
 
     def describe(self) -> str:
         return f"{self.keyword} in {{{', '.join(show(v) for v in self.values)}}}"

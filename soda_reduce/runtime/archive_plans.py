@@ -1,9 +1,12 @@
 """One archive, several pipelines: which files each claims, and planning with the right one.
 
-The indexer records which pipeline claims each raw file (``RawFile.pipeline``);
-planning a request means choosing that pipeline (named, or the one that claims
-the requested IDs), giving its planner only the files it claims, and its
-static library (shipped, plus the operator's ``_static/<pipeline>/``).
+The indexer records which pipeline claims each raw file (``RawFile.pipeline``) and what
+its rules make of it (``RawFile.classified``); planning a request means choosing that
+pipeline (named, or the one that claims the requested IDs), giving its planner only
+the files it claims, and its static library (shipped, plus the operator's
+``_static/<pipeline>/``). A request naming IDs is planned by asking the store
+(`ArchivePipelines.plan_indexed`: the planner reads only the candidates of those
+frames); frames are rebuilt from their stored classification, never classified again.
 """
 
 from __future__ import annotations
@@ -12,14 +15,21 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soda_reduce.pipelines import Pipeline, PipelineError, Registry
+from soda_reduce.reduction.frame_index import FrameIndexer
+from soda_reduce.reduction.frame_source import FrameSource, MemoryFrames
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import Frame, classify_all, make_frame
+from soda_reduce.reduction.organisation import Frame
 from soda_reduce.reduction.plan import PlanRequestError, ReductionPlan
 from soda_reduce.reduction.planner import plan_reduction
 from soda_reduce.reduction.static import StaticLibrary
+
+if TYPE_CHECKING:
+    from soda_reduce.runtime.store import Store
+
+_INDEXERS: dict[int, tuple[Pipeline, FrameIndexer]] = {}
 
 
 @dataclass
@@ -68,13 +78,22 @@ def files_of(files: Sequence[RawFile], pipeline: str) -> list[RawFile]:
     return [raw for raw in files if raw.pipeline == pipeline]
 
 
+def indexer_of(pipeline: Pipeline) -> FrameIndexer:
+    """The pipeline's classification at index time (its rules' version), made once."""
+    found = _INDEXERS.get(id(pipeline))
+    if found is None or found[0] is not pipeline:
+        found = _INDEXERS[id(pipeline)] = (
+            pipeline,
+            FrameIndexer.of(pipeline.name, pipeline.version, pipeline.cascade),
+        )
+    return found[1]
+
+
 def frames_by_pipeline(
     registry: Registry, files: Sequence[RawFile], only: str | None = None
 ) -> dict[str, list[Frame]]:
-    """Each selected pipeline's files seen through its cascade."""
-    return {
-        p.name: classify_all(p.cascade, files_of(files, p.name)) for p in registry.selected(only)
-    }
+    """Each selected pipeline's files seen through its cascade (from their records)."""
+    return {p.name: indexer_of(p).frames(files_of(files, p.name)) for p in registry.selected(only)}
 
 
 def summarise(
@@ -172,9 +191,10 @@ class ArchivePipelines:
         return self.registry.pipelines.get(raw.pipeline) if raw.pipeline else None
 
     def frame(self, raw: RawFile) -> Frame:
-        """The file seen through the cascade of its pipeline (unclassified if none claims it)."""
+        """The file seen through the cascade of its pipeline (unclassified if none claims it),
+        rebuilt from its stored classification."""
         pipeline = self.of(raw)
-        return make_frame(pipeline.cascade, raw) if pipeline is not None else Frame(raw, {})
+        return indexer_of(pipeline).frame(raw) if pipeline is not None else Frame(raw, {})
 
     def static(self, pipeline: Pipeline) -> StaticLibrary:
         """The pipeline's static library; PlanRequestError if the operator's is unreadable."""
@@ -184,9 +204,22 @@ class ArchivePipelines:
         return found
 
     def plan(self, pipeline: Pipeline, files: Sequence[RawFile], **request: Any) -> ReductionPlan:
+        """Plan over files in memory (the whole archive: requests without IDs)."""
+        frames = indexer_of(pipeline).frames(files_of(files, pipeline.name))
+        return self.plan_from(pipeline, MemoryFrames(frames), **request)
+
+    def source(self, pipeline: Pipeline, store: Store) -> FrameSource:
+        """The store's frame source over the pipeline's files (synchronous: use it in a
+        worker thread)."""
+        return store.frame_source(pipeline.name, indexer_of(pipeline))
+
+    def plan_from(self, pipeline: Pipeline, source: FrameSource, **request: Any) -> ReductionPlan:
+        """Plan one request by asking ``source``; CPU-bound and synchronous (a thread)."""
         return plan_reduction(
-            pipeline.cascade,
-            files_of(files, pipeline.name),
-            static=self.static(pipeline),
-            **request,
+            pipeline.cascade, (), static=self.static(pipeline), source=source, **request
         )
+
+    def plan_indexed(self, pipeline: Pipeline, store: Store, **request: Any) -> ReductionPlan:
+        """Plan a request by asking the store: what one science frame touches is its
+        candidates, whatever the archive's size. Synchronous: call it in a thread."""
+        return self.plan_from(pipeline, self.source(pipeline, store), **request)

@@ -22,11 +22,11 @@ from astropy.io import fits
 
 from soda_reduce.reduction.cascade import Param
 from soda_reduce.reduction.index_model import RawFile
-from soda_reduce.reduction.organisation import make_frame
 from soda_reduce.reduction.plan import PlanJob, PlanRequestError, ReductionPlan
 from soda_reduce.reduction.tasks import Task
 from soda_reduce.runtime.archive_plans import ArchivePipelines
 from soda_reduce.runtime.job_checks import default_target, reducing_tasks
+from soda_reduce.runtime.product_records import ProductRecords
 from soda_reduce.runtime.products import LOG_NAME, ProductError, ProductStore
 from soda_reduce.runtime.store import Store
 
@@ -75,17 +75,16 @@ def _closure(tasks: Sequence[Task]) -> set[str]:
     return names
 
 
-def raw_reduction(
-    pipelines: ArchivePipelines, files: Sequence[RawFile], raw: RawFile
-) -> RawReduction:
-    """Plan ``raw`` for its default target with the pipeline that claims it; CPU-bound
-    (call it in a thread)."""
+def raw_reduction(pipelines: ArchivePipelines, store: Store, raw: RawFile) -> RawReduction:
+    """Plan ``raw`` for its default target with the pipeline that claims it, asking the
+    store for its candidates only; synchronous (the store's synchronous client) and
+    CPU-bound: call it in a thread."""
     pipeline = pipelines.of(raw)
     if pipeline is None:
         why = raw.problem or raw.claim or "no pipeline claims it"
         return RawReduction(None, (), None, None, why, (), ())
     cascade = pipeline.cascade
-    frame = make_frame(cascade, raw)
+    frame = pipelines.frame(raw)  # its stored classification
     category = frame.category
     targets = reducing_tasks(cascade, [frame])
     names = tuple(t.name for t in targets)
@@ -104,8 +103,9 @@ def raw_reduction(
             else "not classified: no task reduces it"
         )
         return RawReduction(category, names, default, None, why, (), tuple(parameters), **facts)
+    source = pipelines.source(pipeline, store)
     try:
-        plan = pipelines.plan(pipeline, files, target=default, ids=[raw.file_id])
+        plan = pipelines.plan_from(pipeline, source, target=default, ids=[raw.file_id])
     except PlanRequestError as exc:
         return RawReduction(
             category, names, default, None, str(exc), (), tuple(parameters), **facts
@@ -114,7 +114,8 @@ def raw_reduction(
     if not plan.complete:
         reasons = [r for d in plan.datasets for r in d.reasons] or ["nothing to reduce"]
         problem = "; ".join(dict.fromkeys(reasons))
-    by_id = {f.file_id: f for f in files}
+    inputs = [i.file_id for j in plan.jobs for i in j.inputs if i.file_id]
+    by_id = {fid: f.raw for fid, f in source.by_ids(inputs).items()}  # read while planning
     picked = tuple(picked_calibrations(plan, raw.file_id, by_id))
     return RawReduction(category, names, default, plan, problem, picked, tuple(parameters), **facts)
 
@@ -363,5 +364,5 @@ async def product_facts(
     store: Store, products: ProductStore, step_key: str, file: str
 ) -> ProductFacts | None:
     """Everything about one product, or None if no step made such a file."""
-    doc = await store.products.find_one({"product_id": f"{step_key}/{file}"}, {"_id": 0})
+    doc = await ProductRecords(store).get(f"{step_key}/{file}")
     return await asyncio.to_thread(_facts, products, step_key, file, doc)

@@ -23,24 +23,32 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from soda_reduce.config import Settings
 from soda_reduce.pipelines import registry
-from soda_reduce.reduction.fits_headers import FITS_SUFFIXES, is_fits_name, read_header
+from soda_reduce.reduction.fits_checksums import datasum_checksum, verify_datasums
+from soda_reduce.reduction.fits_headers import (
+    FITS_SUFFIXES,
+    HeaderRead,
+    is_fits_name,
+    read_header,
+)
 from soda_reduce.reduction.index_model import RawFile, raw_file_id
 from soda_reduce.reduction.overrides import Overrides
 from soda_reduce.runtime.archive_boundary import OUTSIDE, outside
-from soda_reduce.runtime.claims import Annotator, annotator_for
+from soda_reduce.runtime.claims import Annotator, annotator_for, reannotate_all, reclassify_stale
 from soda_reduce.runtime.public_text import PublicText
 from soda_reduce.runtime.store import RawFileState, Store
 from soda_reduce.runtime.store.store import VERSION_STEPS
 
 CHECKSUM_MODES = ("full", "fast")
-READ_BATCH = 250  # files per worker-thread call
-READS_IN_FLIGHT = 3  # batches being read while one is written
+# Files per worker-thread call, each one store write: a write costs a few round trips, and
+# the loop thread waits for the GIL at each while a reader parses (bench/index_bench.py).
+READ_BATCH = 1000
+READS_IN_FLIGHT = 2  # batches being read while one is written
 
 Progress = Callable[[int, int], None]
 
@@ -62,6 +70,7 @@ class IndexReport:
     duration: float = 0.0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     outside: list[tuple[str, str]] = field(default_factory=list)
+    reclassified: int = 0  # stored files classified again (rules, claims or overrides changed)
 
     @property
     def total(self) -> int:
@@ -74,6 +83,8 @@ class IndexReport:
             f"{self.removed} removed, {self.unchanged} unchanged), "
             f"{len(self.problems)} with problems, in {self.duration:.2f} s"
         )
+        if self.reclassified:
+            text += f"; {self.reclassified} re-classified from their stored headers"
         if self.unreadable:
             text += f"; {len(self.unreadable)} directories could not be listed"
         return text
@@ -101,12 +112,15 @@ async def index_archive(
     *,
     force: bool = False,
     annotator: Annotator | None = None,
+    verify: bool = False,
 ) -> IndexReport:
     """Bring the index up to date with ``archive_root``; ``force`` re-reads every file.
 
     Raises NotADirectoryError when the root is missing (an unmounted archive
     must not empty the index). Stored checksums are not told apart by mode:
-    after changing ``checksum_mode``, scan once with ``force=True``.
+    after changing ``checksum_mode``, scan once with ``force=True``. In ``full``
+    mode the data of a file identified by its DATASUM cards is summed when its
+    size or mtime changed, and for every file read with ``verify``.
     """
     if checksum_mode not in CHECKSUM_MODES:
         raise ValueError(f"checksum_mode must be one of {CHECKSUM_MODES}, not {checksum_mode!r}")
@@ -121,17 +135,24 @@ async def index_archive(
     )
     on_disk, indexed = walk.files, listing.files
     to_read: list[tuple[str, tuple[int, int]]] = []
+    changed: set[str] = set()  # new versions of indexed files: their DATASUMs are checked
     for rel, stat in on_disk.items():
         known = indexed.get(rel)
-        if force or known is None or (known.size, known.mtime_ns) != stat:
+        if known is not None and (known.size, known.mtime_ns) != stat:
+            changed.add(rel)
+        if force or known is None or rel in changed:
             to_read.append((rel, stat))
+    if verify:
+        changed = {rel for rel, _ in to_read}
     kept = {rel for rel in indexed if rel not in on_disk and walk.hidden_by_error(rel)}
     gone = [rel for rel in indexed if rel not in on_disk and rel not in kept]
 
     states, writes = await _read_and_store(
-        store, root, to_read, authority, checksum_mode, progress, annotator
+        store, root, to_read, authority, checksum_mode, progress, annotator, changed
     )
-    writes += await _annotate_all(store, annotator, skip=set(states))
+    reannotated, annotate_writes = await reannotate_all(store, annotator, skip=set(states))
+    reclassified, reclassify_writes = await reclassify_stale(store, annotator)
+    writes += annotate_writes + reclassify_writes
     if gone:
         await store.delete_raw_files(gone)
         writes += 1
@@ -151,6 +172,7 @@ async def index_archive(
         duration=time.perf_counter() - started,
         unreadable=sorted(walk.unreadable.items()),
         outside=sorted(walk.outside.items()),
+        reclassified=reannotated + reclassified,
     )
 
 
@@ -205,6 +227,7 @@ async def _read_and_store(
     checksum_mode: str,
     progress: Progress | None,
     annotator: Annotator | None = None,
+    verify: Container[str] = frozenset(),
 ) -> tuple[dict[str, RawFileState], int]:
     """Read batches in worker threads, a few ahead of the bulk write of the previous one.
 
@@ -225,7 +248,7 @@ async def _read_and_store(
                 pending.append(
                     asyncio.create_task(
                         asyncio.to_thread(
-                            read_batch, root, batch, authority, checksum_mode, annotator
+                            read_batch, root, batch, authority, checksum_mode, annotator, verify
                         )
                     )
                 )
@@ -250,42 +273,30 @@ def read_batch(
     authority: str,
     checksum_mode: str,
     annotator: Annotator | None = None,
+    verify: Container[str] = frozenset(),
 ) -> list[RawFile]:
-    files = [index_file(root, rel, stat, authority, checksum_mode) for rel, stat in batch]
+    """Index records of ``batch`` (relative path, (size, mtime_ns)); those in ``verify``
+    have their data checked against their DATASUM cards."""
+    files = [
+        index_file(root, rel, stat, authority, checksum_mode, rel in verify) for rel, stat in batch
+    ]
     return [annotator.annotate(raw) for raw in files] if annotator is not None else files
 
 
-async def _annotate_all(store: Store, annotator: Annotator, skip: set[str]) -> int:
-    """Re-annotate stored files when the pipelines or overrides changed; writes made."""
-    fingerprint = annotator.fingerprint()
-    if await store.annotations_fingerprint() == fingerprint:
-        return 0
-    files = [raw for raw in await store.all_raw_files() if raw.path not in skip]
-    changed = await asyncio.to_thread(
-        lambda: [new for raw in files if (new := annotator.annotate(raw)) != raw]
-    )
-    await store.upsert_raw_files(changed)
-    await store.save_annotations_fingerprint(fingerprint)
-    return 1 if changed else 0
-
-
 def index_file(
-    root: Path, rel: str, stat: tuple[int, int], authority: str, checksum_mode: str
+    root: Path,
+    rel: str,
+    stat: tuple[int, int],
+    authority: str,
+    checksum_mode: str,
+    verify: bool = False,
 ) -> RawFile:
     """One file's index record; problems are recorded, never raised."""
     size, mtime_ns = stat
-    path = root / rel
-    read = read_header(path)
-    problem = read.problem
-    if checksum_mode == "fast":
-        checksum = fast_checksum(read.header_bytes, size, mtime_ns)
-    elif len(read.header_bytes) == size and rel.lower().endswith(FITS_SUFFIXES):
-        checksum = hashlib.sha256(read.header_bytes).hexdigest()  # header-only: already read
-    else:
-        try:
-            checksum = file_checksum(path)
-        except OSError as exc:
-            checksum, problem = "", problem or f"cannot read file: {exc}"
+    path = os.path.join(root, rel)
+    read = read_header(path, layout=checksum_mode == "full")  # fast: the primary header only
+    header_checksum = hashlib.sha256(read.header_bytes).hexdigest() if read.header_bytes else ""
+    checksum, problem = content_checksum(path, read, stat, checksum_mode, verify, header_checksum)
     if problem is not None:  # shown to anyone: "$ARCHIVE/night/x.fits", not the mount point
         problem = _public(root)(problem)
     return RawFile(
@@ -293,11 +304,49 @@ def index_file(
         path=rel,
         header=read.header,
         checksum=checksum,
-        header_checksum=hashlib.sha256(read.header_bytes).hexdigest() if read.header_bytes else "",
+        header_checksum=header_checksum,
         size=size,
         mtime_ns=mtime_ns,
         problem=problem,
     )
+
+
+def content_checksum(
+    path: str,
+    read: HeaderRead,
+    stat: tuple[int, int],
+    checksum_mode: str,
+    verify: bool,
+    header_checksum: str,
+) -> tuple[str, str | None]:
+    """The checksum step keys are built from, and the file's problem (docs/planning.md).
+
+    ``fast``: header + size + mtime, no data read. ``full``: the header blocks of a file
+    whose every HDU states its DATASUM (its data read and summed only with ``verify``: a
+    mismatch is a problem, and the file is hashed so that no key trusts it), else the
+    sha256 of its bytes (a header-only file's bytes are its header, already read).
+    """
+    size, mtime_ns = stat
+    problem = read.problem
+    if checksum_mode == "fast":
+        return fast_checksum(read.header_bytes, size, mtime_ns), problem
+    vouched = datasum_checksum(read, header_checksum)
+    if vouched is not None and read.layout is not None:
+        if not verify:
+            return vouched, problem
+        try:
+            mismatch = verify_datasums(path, read.layout)
+        except OSError as exc:
+            mismatch = f"cannot read file: {exc}"
+        if mismatch is None:
+            return vouched, problem
+        problem = f"DATASUM check failed: {mismatch}"
+    elif len(read.header_bytes) == size and path.lower().endswith(FITS_SUFFIXES):
+        return header_checksum or hashlib.sha256(b"").hexdigest(), problem  # "" : empty file
+    try:
+        return file_checksum(path), problem
+    except OSError as exc:
+        return "", problem or f"cannot read file: {exc}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -305,7 +354,7 @@ def _public(root: Path) -> PublicText:
     return PublicText.of(archive=root)
 
 
-def file_checksum(path: Path) -> str:
+def file_checksum(path: Path | str) -> str:
     """sha256 of the file's bytes: the same bytes anywhere give the same step keys."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -334,4 +383,6 @@ async def index_with_claims(
         checksum_mode=settings.checksum_mode,
         progress=progress,
         annotator=annotator,
+        force=settings.verify_checksums,
+        verify=settings.verify_checksums,
     )

@@ -6,7 +6,9 @@ recipe parameters that pipeline's (TARGET defaults per frame, as DataLink's
 descriptors say: the pipeline's default target when it reduces the frames, else the
 first task that does). A raw cutout's IDs must be indexed raw files; a product
 cutout's, registered FITS products. Nothing here reads a file: the store answers, by
-ID (indexed lookups, bounded by the request's 100 IDs).
+ID (indexed lookups, bounded by the request's 100 IDs), and raw files found are remembered
+while the index keeps its version (`runtime/known_raw_files.py`), so a request naming
+frames asked for before costs no store call.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 from soda_reduce.pipelines import Pipeline
 from soda_reduce.reduction.cascade import DataSource
 from soda_reduce.reduction.index_model import DEFAULT_AUTHORITY
-from soda_reduce.reduction.organisation import Frame, make_frame
+from soda_reduce.reduction.organisation import Frame
 from soda_reduce.reduction.plan import PlanRequestError
 from soda_reduce.reduction.planner import split_parameters
 from soda_reduce.reduction.tasks import Cascade, Task
 from soda_reduce.runtime.archive_plans import ArchivePipelines
+from soda_reduce.runtime.known_raw_files import KnownRawFiles
+from soda_reduce.runtime.product_records import ProductRecords
 from soda_reduce.runtime.store import Store
 from soda_reduce.vo.dali import UsageError
 from soda_reduce.vo.datalink import local_id
@@ -71,6 +75,8 @@ class RequestChecks:
         self.store = store
         self.pipelines = pipelines
         self.authority = authority  # of product IDs (raw IDs are looked up whole)
+        self.raw_files = KnownRawFiles(store)
+        self.products = ProductRecords(store)
 
     def reduction_request(
         self, request: JobRequest, cascade: Cascade, frames: Sequence[Frame] = ()
@@ -120,7 +126,7 @@ class RequestChecks:
         unknown, unclaimed, or of several pipelines. Without IDs, the default pipeline."""
         if not ids:
             return self.pipelines.default, []
-        files = {raw.file_id: raw for raw in await self.store.raw_files_by_id(ids)}
+        files = await self.raw_files.by_id(ids)
         unknown = [i for i in ids if i not in files]
         if unknown:
             raise UsageError(f"unknown ID {unknown[0]!r}: not a raw file of this archive")
@@ -138,7 +144,7 @@ class RequestChecks:
                 "send one job per pipeline"
             )
         pipeline = self.pipelines.get(next(iter(names)))
-        return pipeline, [make_frame(pipeline.cascade, files[i]) for i in ids]
+        return pipeline, [self.pipelines.frame(files[i]) for i in ids]  # stored classification
 
     async def cutout(self, request: JobRequest) -> None:
         """A cutout request's IDs name what it cuts: indexed, readable raw files, or
@@ -146,7 +152,7 @@ class RequestChecks:
         if not request.ids:
             raise UsageError("ID is required: the raw files or products to cut")
         if request.kind is JobKind.RAW_CUTOUT:
-            files = {raw.file_id: raw for raw in await self.store.raw_files_by_id(request.ids)}
+            files = await self.raw_files.by_id(request.ids)
             for file_id in request.ids:
                 raw = files.get(file_id)
                 if raw is None:
@@ -160,14 +166,9 @@ class RequestChecks:
             if local is None or local[0] != "product":
                 raise UsageError(f"unknown ID {identifier!r}: not a product of this service")
             wanted[local[1]] = identifier
-        cursor = self.store.products.find(
-            {"product_id": {"$in": sorted(wanted)}},
-            {"_id": 0, "product_id": 1, "content_type": 1},
-        )
-        found = {doc["product_id"]: doc async for doc in cursor}
+        found = await self.products.content_types(wanted)
         for product_id, identifier in wanted.items():
-            doc = found.get(product_id)
-            if doc is None:
+            if product_id not in found:
                 raise UsageError(f"unknown ID {identifier!r}: no such product here")
-            if doc.get("content_type") not in FITS_TYPES:
-                raise UsageError(f"{identifier} is {doc.get('content_type')}, not a FITS file")
+            if found[product_id] not in FITS_TYPES:
+                raise UsageError(f"{identifier} is {found[product_id]}, not a FITS file")

@@ -8,6 +8,10 @@ processes, two workers and the sweeper can never both move one job. Never
 The plan is stored with the job before it is published (``published`` False):
 a job whose plan never reached the broker is found and published again by the
 sweeper, so a crash between the two writes loses nothing.
+
+This module, `job_lists.py` (lists, ``job_owners``) and `job_inserts.py` (creations,
+written in groups) are the only code that touches the ``jobs`` collection; its indexes
+are `JOB_INDEXES`.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from soda_reduce.runtime.job_inserts import JobInserts
 from soda_reduce.runtime.job_lists import JobLists
-from soda_reduce.runtime.step_cache import retrying
 from soda_reduce.runtime.store import Store
+from soda_reduce.runtime.store.errors import retrying
 from soda_reduce.runtime.store.store import IN_CHUNK
 from soda_reduce.runtime.sweep_queries import (
     SWEEP_BATCH,
@@ -35,6 +42,25 @@ from soda_reduce.runtime.sweep_queries import (
 from soda_reduce.vo.dali import DaliError
 from soda_reduce.vo.job_request import JobRequest, parse_job_request
 from soda_reduce.vo.uws import ACTIVE, FINAL, Phase, can_transition
+
+JOB_INDEXES = [
+    IndexModel([("job_id", ASCENDING)], unique=True, name="job_id_unique"),
+    # job lists: windows of an owner's creation times (runtime/job_lists.py)
+    IndexModel([("owner", ASCENDING), ("creation_time", DESCENDING)], name="owner_created"),
+    IndexModel([("owner", ASCENDING), ("phase", ASCENDING)], name="owner_phase"),  # the quota
+    IndexModel([("phase", ASCENDING)], name="phase"),
+    # the sweeper's queries (runtime/sweep_queries.py), one index each
+    IndexModel([("destruction", ASCENDING)], name="destruction"),
+    IndexModel(
+        [("phase", ASCENDING), ("published", ASCENDING), ("queued_time", ASCENDING)],
+        name="phase_published_queued",
+    ),
+    IndexModel(
+        [("phase", ASCENDING), ("published", ASCENDING), ("published_time", ASCENDING)],
+        name="phase_published_sent",
+    ),
+    IndexModel([("phase", ASCENDING), ("lease_until", ASCENDING)], name="phase_lease"),
+]
 
 
 def utcnow() -> datetime:
@@ -149,8 +175,9 @@ class JobStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.jobs = store.jobs
+        self._jobs = store.jobs  # journaled: clients are told about every job written
         self.lists = JobLists(store)
+        self._inserts = JobInserts(self._jobs, self.lists)
 
     async def create(
         self,
@@ -160,7 +187,10 @@ class JobStore:
         execution_duration: int,
         destruction: datetime,
         job_id: str | None = None,
+        new_owner: bool = False,
     ) -> JobRecord:
+        """Store a PENDING job (with the owner's first creation; ``new_owner``: the owner
+        has no job yet, e.g. a session minted for this request); returns once journaled."""
         doc = {
             "job_id": job_id or new_job_id(),
             "owner": owner,
@@ -174,15 +204,14 @@ class JobStore:
             "published": False,
             "version": 0,
         }
-        await self.lists.note_creation(owner, doc["creation_time"])  # before: lists see it
-        await retrying(lambda: self.jobs.insert_one(dict(doc)))
+        await self._inserts.insert(doc, new_owner=new_owner)
         return JobRecord.from_doc(doc)
 
     async def get(self, job_id: str, owner: str | None = None, *, any_owner: bool = False):
         """The job, or None when unknown or someone else's (callers answer 404 for both)."""
         # the owner is compared here, not in the filter: on SecantusDB a second condition
         # costs more than the indexed lookup itself (640 vs 390 us of store CPU per read)
-        doc = await retrying(lambda: self.jobs.find_one({"job_id": job_id}, {"_id": 0}))
+        doc = await retrying(lambda: self._jobs.find_one({"job_id": job_id}, {"_id": 0}))
         if doc is None or (not any_owner and doc.get("owner") != owner):
             return None
         return JobRecord.from_doc(doc)
@@ -190,7 +219,7 @@ class JobStore:
     async def phase(self, job_id: str, owner: str | None) -> Phase | None:
         """The phase alone (WAIT polls it): None when unknown or someone else's."""
         doc = await retrying(
-            lambda: self.jobs.find_one({"job_id": job_id}, {"_id": 0, "phase": 1, "owner": 1})
+            lambda: self._jobs.find_one({"job_id": job_id}, {"_id": 0, "phase": 1, "owner": 1})
         )
         if doc is None or doc.get("owner") != owner:
             return None
@@ -214,7 +243,7 @@ class JobStore:
         counted up to ``up_to`` (the quota): the cost stays bounded."""
         active = [p.value for p in (*ACTIVE, Phase.HELD, Phase.SUSPENDED)]
         query = {"owner": owner, "phase": {"$in": active}}
-        return await retrying(lambda: self.jobs.count_documents(query, limit=up_to))
+        return await retrying(lambda: self._jobs.count_documents(query, limit=up_to))
 
     async def update_if(
         self, job_id: str, expect: Mapping[str, Any], changes: Mapping[str, Any]
@@ -222,7 +251,7 @@ class JobStore:
         """Set ``changes`` only if the job still matches ``expect``; True if this call won."""
         query = {"job_id": job_id, **expect}
         result = await retrying(
-            lambda: self.jobs.update_one(query, {"$set": dict(changes), "$inc": {"version": 1}})
+            lambda: self._jobs.update_one(query, {"$set": dict(changes), "$inc": {"version": 1}})
         )
         return result.modified_count == 1
 
@@ -254,10 +283,10 @@ class JobStore:
         )
 
     async def delete(self, job_id: str, owner: str | None) -> JobRecord | None:
-        doc = await retrying(lambda: self.jobs.find_one({"job_id": job_id, "owner": owner}))
+        doc = await retrying(lambda: self._jobs.find_one({"job_id": job_id, "owner": owner}))
         if doc is None:
             return None
-        await retrying(lambda: self.jobs.delete_one({"job_id": job_id}))
+        await retrying(lambda: self._jobs.delete_one({"job_id": job_id}))
         return JobRecord.from_doc(doc)
 
     # ------------------------------------------------------------ the sweeper's queries
@@ -278,7 +307,7 @@ class JobStore:
         messages across restarts).
         """
         result = await retrying(
-            lambda: self.jobs.update_many(
+            lambda: self._jobs.update_many(
                 {"phase": Phase.QUEUED.value, "published": True}, {"$set": {"published": False}}
             )
         )
@@ -337,7 +366,7 @@ class JobStore:
         the set of keys, whatever the jobs hold.
         """
         keys: set[str] = set()
-        cursor = self.jobs.find({}, {"_id": 0, "steps.step_key": 1}).batch_size(SWEEP_SCAN)
+        cursor = self._jobs.find({}, {"_id": 0, "steps.step_key": 1}).batch_size(SWEEP_SCAN)
         async for doc in cursor:
             for step in doc.get("steps") or []:
                 if isinstance(step, dict) and step.get("step_key"):
@@ -349,7 +378,7 @@ class JobStore:
         wanted, found = sorted(set(job_ids)), set()
         for start in range(0, len(wanted), IN_CHUNK):  # $in is quadratic on SecantusDB
             query = {"job_id": {"$in": wanted[start : start + IN_CHUNK]}}
-            async for doc in self.jobs.find(query, {"_id": 0, "job_id": 1}):
+            async for doc in self._jobs.find(query, {"_id": 0, "job_id": 1}):
                 found.add(doc["job_id"])
         return found
 
@@ -359,7 +388,7 @@ class JobStore:
         """Up to ``limit`` jobs matching ``query`` and ``keep``, from `SWEEP_SCAN` read at most."""
         limit = limit or SWEEP_BATCH
         found: list[JobRecord] = []
-        cursor = self.jobs.find(query, SWEEP_FIELDS).limit(SWEEP_SCAN).batch_size(500)
+        cursor = self._jobs.find(query, SWEEP_FIELDS).limit(SWEEP_SCAN).batch_size(500)
         async for doc in cursor:
             job = JobRecord.from_doc(doc)
             if keep is None or keep(job):

@@ -12,49 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from pymongo.errors import (
-    AutoReconnect,
-    ConnectionFailure,
-    DuplicateKeyError,
-    ServerSelectionTimeoutError,
-)
+from pymongo import ASCENDING, IndexModel
 
-from soda_reduce.runtime.store import Store, StoreUnavailable
-
-T = TypeVar("T")
+from soda_reduce.runtime.store import Store
+from soda_reduce.runtime.store.errors import DuplicateKey, retrying
+from soda_reduce.runtime.store.store import IN_CHUNK
 
 RUNNING, DONE, FAILED, PENDING = "running", "done", "failed", "pending"
-RETRIES = 6
-RETRY_WINDOW_S = 2.0  # dropped connections are retried within this much time of the first try
-
-
-async def retrying(call: Callable[[], Awaitable[T]]) -> T:
-    """Run a store call again after a dropped connection (every call here is idempotent
-    or guarded by a compare-and-set, so repeating it is safe); `StoreUnavailable` if the
-    store stays out of reach.
-
-    A server-selection timeout is not retried: the driver already waited the store's
-    timeout for a server (`Store.connect`), and waiting again would hold a request for
-    many times that. A restarting embedded store is back within that timeout.
-    """
-    first = time.monotonic()
-    for attempt in range(RETRIES):
-        try:
-            return await call()
-        except ServerSelectionTimeoutError as exc:
-            raise StoreUnavailable() from exc
-        except AutoReconnect as exc:  # NetworkTimeout too: the connection dropped
-            delay = 0.1 * 2**attempt
-            if attempt == RETRIES - 1 or time.monotonic() - first + delay > RETRY_WINDOW_S:
-                raise StoreUnavailable() from exc
-            await asyncio.sleep(delay)
-        except ConnectionFailure as exc:
-            raise StoreUnavailable() from exc
-    raise AssertionError("unreachable")
+STEP_INDEXES = [IndexModel([("step_key", ASCENDING)], unique=True, name="step_key_unique")]
+KEY_ONLY = {"_id": 0, "step_key": 1}
 
 
 @dataclass(frozen=True)
@@ -71,13 +41,13 @@ class LeaseLost(Exception):
 
 class StepCache:
     def __init__(self, store: Store, owner: str, lease_s: float = 30.0, poll_s: float = 0.25):
-        self.store = store
+        self._steps = store.steps
         self.owner = owner
         self.lease_s = lease_s
         self.poll_s = poll_s
 
     async def get(self, step_key: str) -> dict[str, Any] | None:
-        return await retrying(lambda: self.store.steps.find_one({"step_key": step_key}))
+        return await retrying(lambda: self._steps.find_one({"step_key": step_key}))
 
     async def claim(self, step_key: str, info: dict[str, Any], rerun: bool = False) -> Claim:
         """Take the step if nobody holds a live lease on it; bounded retries on races."""
@@ -94,9 +64,9 @@ class StepCache:
                 **info,
             }
             try:
-                await retrying(lambda doc=fresh: self.store.steps.insert_one(doc))
+                await retrying(lambda doc=fresh: self._steps.insert_one(doc))
                 return Claim("run", fresh)
-            except DuplicateKeyError:
+            except DuplicateKey:
                 pass
             doc = await self.get(step_key)
             if doc is None:
@@ -113,7 +83,7 @@ class StepCache:
     async def _take_over(self, doc: dict[str, Any], info: dict[str, Any]) -> bool:
         now = time.time()
         result = await retrying(
-            lambda: self.store.steps.update_one(
+            lambda: self._steps.update_one(
                 {
                     "step_key": doc["step_key"],
                     "state": doc["state"],
@@ -148,7 +118,7 @@ class StepCache:
 
     async def renew(self, step_key: str) -> None:
         result = await retrying(
-            lambda: self.store.steps.update_one(
+            lambda: self._steps.update_one(
                 {"step_key": step_key, "owner": self.owner, "state": RUNNING},
                 {"$set": {"lease_until": time.time() + self.lease_s}},
             )
@@ -164,14 +134,14 @@ class StepCache:
 
     async def record_attempt(self, step_key: str, attempt: int) -> None:
         await retrying(
-            lambda: self.store.steps.update_one(
+            lambda: self._steps.update_one(
                 {"step_key": step_key, "owner": self.owner}, {"$set": {"attempts": attempt}}
             )
         )
 
     async def finish(self, step_key: str, fields: dict[str, Any]) -> bool:
         result = await retrying(
-            lambda: self.store.steps.update_one(
+            lambda: self._steps.update_one(
                 {"step_key": step_key, "owner": self.owner, "state": RUNNING},
                 {"$set": {"state": DONE, "finished": time.time(), "lease_until": 0, **fields}},
             )
@@ -180,7 +150,7 @@ class StepCache:
 
     async def fail(self, step_key: str, error: str, fields: dict[str, Any] | None = None) -> None:
         await retrying(
-            lambda: self.store.steps.update_one(
+            lambda: self._steps.update_one(
                 {"step_key": step_key, "owner": self.owner, "state": RUNNING},
                 {
                     "$set": {
@@ -202,7 +172,7 @@ class StepCache:
         """
         for _ in range(5):
             result = await retrying(
-                lambda: self.store.steps.update_one(
+                lambda: self._steps.update_one(
                     {"step_key": step_key, "owner": self.owner, "state": RUNNING},
                     {"$set": {"state": PENDING, "lease_until": 0}},
                 )
@@ -217,8 +187,52 @@ class StepCache:
     async def forget(self, step_key: str) -> None:
         """A done step whose products are gone: compute it again."""
         await retrying(
-            lambda: self.store.steps.update_one(
+            lambda: self._steps.update_one(
                 {"step_key": step_key, "state": DONE},
                 {"$set": {"state": PENDING, "lease_until": 0}},
             )
         )
+
+
+class FinishedSteps:
+    """What the step cache says to those who never claim a step: the job service (quotes),
+    SODA sync (is every step of a plan cached?) and the sweeper (forgetting collected ones)."""
+
+    def __init__(self, store: Store) -> None:
+        self._steps = store.steps
+
+    async def done(self, step_keys: Iterable[str]) -> set[str]:
+        """Which of ``step_keys`` are done (by the unique index, in chunks: ``$in`` is
+        quadratic on SecantusDB)."""
+        wanted, found = sorted(set(step_keys)), set()
+        for start in range(0, len(wanted), IN_CHUNK):
+            query = {"step_key": {"$in": wanted[start : start + IN_CHUNK]}, "state": DONE}
+            docs = await retrying(lambda q=query: self._steps.find(q, KEY_ONLY).to_list())
+            found.update(d["step_key"] for d in docs)
+        return found
+
+    async def durations(self) -> dict[str, list[float]]:
+        """recipe -> wall seconds of its finished steps. Reads every done step (their
+        recipe and duration only): bounded by the step cache, which the sweeper keeps
+        under its size cap."""
+        pipeline = [
+            {"$match": {"state": DONE}},
+            {"$project": {"_id": 0, "recipe": 1, "wall_seconds": 1}},
+        ]
+        found: dict[str, list[float]] = {}
+
+        async def read() -> None:
+            found.clear()
+            async for doc in await self._steps.aggregate(pipeline):
+                if doc.get("wall_seconds") is not None and doc.get("recipe"):
+                    found.setdefault(doc["recipe"], []).append(float(doc["wall_seconds"]))
+
+        await retrying(read)
+        return found
+
+    async def forget(self, step_key: str) -> bool:
+        """Remove a done step (its products are being collected): a plan that wants it
+        again computes it again rather than reading half a directory."""
+        query = {"step_key": step_key, "state": DONE}
+        result = await retrying(lambda: self._steps.delete_one(query))
+        return result.deleted_count == 1

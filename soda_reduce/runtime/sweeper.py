@@ -148,8 +148,8 @@ class Sweeper:
             if key in keep:
                 continue
             # forget first: a plan that wants it again recomputes rather than reads half a dir
-            await self.service.store.steps.delete_one({"step_key": key, "state": "done"})
-            await self.service.store.products.delete_many({"step_key": key})
+            await self.service.finished_steps.forget(key)
+            await self.service.product_records.forget_step(key)
             await asyncio.to_thread(shutil.rmtree, self.products.step_dir(key), True)
             total -= size
             report.collected.append(key)

@@ -43,10 +43,12 @@ from soda_reduce.runtime.events import JobEvents
 from soda_reduce.runtime.executors.base import Executor
 from soda_reduce.runtime.jobs import JobError, JobRecord, JobStore, utcnow
 from soda_reduce.runtime.plan_progress import PlanProgress
+from soda_reduce.runtime.product_records import ProductRecords
 from soda_reduce.runtime.products import ProductError, ProductStore
 from soda_reduce.runtime.public_text import public_message
 from soda_reduce.runtime.runner import PlanOutcome, PlanRunner, RunnerConfig
 from soda_reduce.runtime.store import Store
+from soda_reduce.runtime.store.errors import StoreError
 from soda_reduce.runtime.supervisor import Stop, Supervisor
 from soda_reduce.vo.uws import Phase
 
@@ -81,6 +83,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.jobs = JobStore(store)
+        self.product_records = ProductRecords(store)
         self.queue = queue
         self.events = events
         self.executor = executor
@@ -240,8 +243,8 @@ class Worker:
         finished = {s["job_id"] for s in fields["steps"] if s["status"] in ("done", "cached")}
         try:
             fields["results"] = await self._register_products(job, plan, only=finished)
-        except (ProductError, OSError) as exc:
-            log.warning("job %s: products of its finished steps unreadable: %s", job.job_id, exc)
+        except (ProductError, OSError, StoreError) as exc:
+            log.warning("job %s: products of its finished steps not kept: %s", job.job_id, exc)
             fields["results"] = []
         expect = {"phase": Phase.ABORTED.value, "worker": self.worker_id}
         if await self.jobs.update_if(job.job_id, expect, {**fields, "lease_until": None}):
@@ -291,6 +294,10 @@ class Worker:
                 message = f"products unreadable: {exc}"
                 roots = (self.archive_root, self.products.root)
                 fields["error"] = JobError("products", public_message(message, *roots)).to_doc()
+                return Phase.ERROR, fields
+            except StoreError as exc:  # refused, not unreachable (that is StoreUnavailable)
+                message = f"products not registered: {exc.message}"
+                fields["error"] = JobError("products", message).to_doc()
                 return Phase.ERROR, fields
             return Phase.COMPLETED, fields
         failed = [j for j in outcome.jobs.values() if j.status == "failed"]
@@ -386,7 +393,5 @@ class Worker:
             }
             for r in rows
         ]
-        if docs:
-            with contextlib.suppress(Exception):  # already registered by an earlier job
-                await self.store.products.insert_many(docs, ordered=False)
+        await self.product_records.register(docs)  # those already registered are fine
         return rows

@@ -90,21 +90,29 @@ def _bounded(request: web.Request) -> None:
 
 def _plan_document(
     pipelines: ArchivePipelines,
-    files: list[RawFile],
+    store: Store,
+    files: list[RawFile] | None,
     name: str | None,
     ids: list[str],
     target: str | None,
     parameters: dict[str, str],
     fmt: str,
 ) -> tuple[str, str]:
-    """(body, content type) of a plan: CPU in proportion to the archive, run in a thread."""
+    """(body, content type) of a plan, run in a thread. With IDs the store is asked for
+    their candidates only (``files`` holds just those files); without, the whole index
+    in ``files`` is planned (in proportion to the archive)."""
     if name:
         pipeline = pipelines.get(name)
     elif ids:
-        pipeline = pipelines_for_ids(pipelines.registry, files, ids)[0]
+        pipeline = pipelines_for_ids(pipelines.registry, files or [], ids)[0]
     else:
         pipeline = pipelines.default
-    plan = pipelines.plan(pipeline, files, target=target, ids=ids, parameters=parameters)
+    if ids:
+        plan = pipelines.plan_indexed(
+            pipeline, store, target=target, ids=ids, parameters=parameters
+        )
+    else:
+        plan = pipelines.plan(pipeline, files or [], target=target, parameters=parameters)
     if fmt == "json":
         return plan.to_json(indent=1), "application/json"
     if fmt == "dot":
@@ -125,10 +133,13 @@ async def plan_handler(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(text=f"PARAM must be name=value, not {item!r}\n")
         parameters[name.strip()] = value.strip()
     ids, name, target = _many(request, "ID"), _one(request, "PIPELINE"), _one(request, "TARGET")
-    files = await request.app[INDEX_VIEW].files()  # cached while the index is unchanged
+    if ids:  # looked up by ID; the planner asks the store for the rest
+        files = await state.store.raw_files_by_id(ids)
+    else:  # the whole archive: cached while the index is unchanged
+        files = await request.app[INDEX_VIEW].files()
     try:
         body, content_type = await asyncio.to_thread(
-            _plan_document, state.pipelines, files, name, ids, target, parameters, fmt
+            _plan_document, state.pipelines, state.store, files, name, ids, target, parameters, fmt
         )
     except (PlanRequestError, KeyError, PipelineError) as exc:
         raise web.HTTPBadRequest(text=f"{exc.args[0]}\n") from None

@@ -41,6 +41,7 @@ from soda_reduce.web.status_cache import StatusCache
 ASYNC_PATH = "/soda/async"
 PRODUCTS_PATH = "/products"
 OWNER = web.RequestKey("owner", object)  # set by the auth middleware
+NEW_OWNER = web.RequestKey("new_owner", bool)  # ... when it minted the caller's session
 ANONYMOUS_PREFIX = "anon:"  # owners of anonymous sessions: "anon:" + sha256 of the session token
 NO_SESSION = ANONYMOUS_PREFIX  # an anonymous caller without a session: owns no job at all
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -116,6 +117,12 @@ def owner_of(request: web.Request) -> str | None:
     """Whose jobs the caller lists and changes: an authenticated name, the owner of its
     anonymous session, or ``NO_SESSION``; None only in an app without identities."""
     return request.get(OWNER)
+
+
+def owns_nothing_yet(request: web.Request) -> bool:
+    """The caller's session was minted for this request: its owner has no job (so the
+    active-job quota needs no count)."""
+    return request.get(NEW_OWNER, False)
 
 
 def is_anonymous(owner: str | None) -> bool:

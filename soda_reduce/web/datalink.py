@@ -26,6 +26,7 @@ first ID whose rows do not all fit, with QUERY_STATUS=OVERFLOW.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from urllib.parse import quote
 
@@ -92,17 +93,22 @@ class _Builder:
         self.root = base_url(request)
         self.request = request
         self.count = 0
-        self.files: dict[str, RawFile] | None = None
+        self.files: dict[str, RawFile | None] = {}  # looked up by ID, once per request
 
-    async def raw_index(self) -> dict[str, RawFile]:
-        if self.files is None:
-            self.files = {f.file_id: f for f in await self.services.jobs.raw_files()}
-        return self.files
+    async def raw_files(self, ids: Sequence[str]) -> dict[str, RawFile]:
+        """The raw files with these IDs (one indexed lookup for those not seen yet)."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self.files]
+        if wanted:
+            found = {
+                raw.file_id: raw for raw in await self.services.jobs.store.raw_files_by_id(wanted)
+            }
+            self.files.update((i, found.get(i)) for i in wanted)
+        return {i: raw for i in ids if (raw := self.files.get(i)) is not None}
 
     async def links(self, identifier: str) -> tuple[list[Link], list[ServiceDescriptor]]:
         local = local_id(identifier, self.services.authority)
         if local is not None and local[0] == RAW_RESOURCE:
-            raw = (await self.raw_index()).get(identifier)
+            raw = (await self.raw_files([identifier])).get(identifier)
             if raw is not None:
                 return await self.raw_links(identifier, raw)
         if local is not None and local[0] == PRODUCT_RESOURCE:
@@ -121,8 +127,9 @@ class _Builder:
     async def raw_links(
         self, identifier: str, raw: RawFile
     ) -> tuple[list[Link], list[ServiceDescriptor]]:
-        files = list((await self.raw_index()).values())
-        red = await asyncio.to_thread(raw_reduction, self.services.jobs.pipelines, files, raw)
+        red = await asyncio.to_thread(
+            raw_reduction, self.services.jobs.pipelines, self.services.jobs.store, raw
+        )
         links = [
             self.raw_link(
                 identifier,
@@ -241,6 +248,7 @@ class _Builder:
             links.append(
                 self.step_link(identifier, "#preview", preview, f"PNG preview of {item.file}")
             )
+        await self.raw_files([i.file_id for i in (*facts.inputs, *facts.behind) if i.file_id])
         for step_input in facts.inputs:
             semantics = "#progenitor" if step_input.role == "main" else "#calibration"
             links.extend(await self.input_links(identifier, semantics, step_input, facts))
@@ -347,7 +355,7 @@ class _Builder:
                 )
             ]
         if step_input.file_id is not None:
-            raw = (await self.raw_index()).get(step_input.file_id)
+            raw = (await self.raw_files([step_input.file_id])).get(step_input.file_id)
             if raw is None:
                 message = f"{step_input.file_id} is no longer in the archive index"
                 return [Link.error(identifier, "NotFoundFault", message, semantics=semantics)]

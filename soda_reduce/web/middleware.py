@@ -29,6 +29,7 @@ from soda_reduce.vo.dali import DaliError, TransientError
 from soda_reduce.web.context import (
     ANONYMOUS_PREFIX,
     ASYNC_PATH,
+    NEW_OWNER,
     NO_SESSION,
     OWNER,
     READ_METHODS,
@@ -97,6 +98,7 @@ def auth_middleware(config: AuthConfig):
             token = token_of(request)
             if token is None and _creates_job(request):
                 token = new_token()
+                request[NEW_OWNER] = True  # a session of its own: it owns no job yet
             owner = session_owner(token) if token is not None else NO_SESSION
         request[OWNER] = owner
         if token is None or not _creates_job(request):

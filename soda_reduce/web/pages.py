@@ -51,6 +51,7 @@ from soda_reduce.web.context import (
     job_of,
     may_change,
     owner_of,
+    owns_nothing_yet,
     params_of,
     public_owner,
 )
@@ -169,7 +170,9 @@ async def submit_job(request: web.Request) -> web.Response:
         pairs.append(("PHASE", "RUN"))
     job_request = await services.jobs.parse(pairs)
     check_creation_rate(request)
-    job = await services.jobs.create(owner_of(request), job_request)
+    job = await services.jobs.create(
+        owner_of(request), job_request, new_owner=owns_nothing_yet(request)
+    )
     raise web.HTTPSeeOther(f"{root_url(request)}/jobs/{job.job_id}")
 
 

@@ -5,7 +5,7 @@ recipe parameters) is the one DataLink's #proc and #calibration rows show
 (runtime/datalinks.raw_reduction), so the page and VO clients never disagree.
 
 The page also lists what was already made from the file: registered products whose step
-read it, found through the ``input_file`` index of ``products`` (`Store.products_made_from`),
+read it, found through the ``input_file`` index of ``products`` (`ProductRecords.made_from`),
 at most `MADE_LIMIT`, and says "already reduced" when the default target's step used it as
 its main input.
 """
@@ -61,9 +61,10 @@ async def raw_page(request: web.Request) -> web.Response:
         )
     pipeline = services.jobs.pipelines.of(raw)
     cascade = pipeline.cascade if pipeline is not None else services.jobs.cascade
-    files = await services.jobs.raw_files()
-    # the same view of the file as DataLink's #proc and #calibration rows
-    reduction = await asyncio.to_thread(raw_reduction, services.jobs.pipelines, files, raw)
+    # the same view of the file as DataLink's #proc and #calibration rows (asks the store)
+    reduction = await asyncio.to_thread(
+        raw_reduction, services.jobs.pipelines, services.jobs.store, raw
+    )
     frame = services.jobs.pipelines.frame(raw)
     root = root_url(request)
     target = reduction.default_target or ""
@@ -106,7 +107,7 @@ async def made_from(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Products made from the file and still stored, main uses first, no previews; and
     whether more were registered than `MADE_LIMIT`."""
-    docs = await services.jobs.store.products_made_from(file_id, MADE_LIMIT + 1)
+    docs = await services.jobs.product_records.made_from(file_id, MADE_LIMIT + 1)
     more, docs = len(docs) > MADE_LIMIT, docs[:MADE_LIMIT]
     keys = {d["step_key"] for d in docs if d.get("step_key")}
     stored = await asyncio.to_thread(lambda: {k for k in keys if services.products.has(k)})

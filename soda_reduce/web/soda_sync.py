@@ -39,7 +39,6 @@ from soda_reduce.runtime.archive_boundary import servable
 from soda_reduce.runtime.cutout import FITS_MEDIA_TYPE, NoOverlap, cutout_bytes, cutouts_dir
 from soda_reduce.runtime.job_checks import ReductionRequest
 from soda_reduce.runtime.products import ProductError
-from soda_reduce.runtime.step_cache import DONE
 from soda_reduce.runtime.store import StoreUnavailable, is_outage
 from soda_reduce.vo.dali import DaliError, NotFoundError, UsageError
 from soda_reduce.vo.job_request import RAW_TARGET, JobKind, JobRequest, check_pairs
@@ -186,27 +185,15 @@ async def _cached_reduction(
     services: Services, request: ReductionRequest, raw: Dataset, pipeline: Pipeline
 ) -> Dataset:
     """The target product of reducing ``raw``, if every step is cached; else UsageError."""
-    try:
-        plan = await asyncio.to_thread(
-            services.jobs.pipelines.plan,
-            pipeline,
-            await services.jobs.raw_files(),
-            target=request.target,
-            ids=[raw.id],
-            parameters=request.parameters,
-        )
+    try:  # asks the store for this frame's candidates only
+        plan = await services.jobs.plan_ids(pipeline, [raw.id], request.target, request.parameters)
     except PlanRequestError as exc:
         raise SodaUsageError(str(exc)) from None
     if not plan.complete:
         reasons = "; ".join(r for d in plan.datasets for r in d.reasons) or "nothing to reduce"
         raise SodaUsageError(f"{raw.id} cannot be reduced to {plan.target}: {reasons}")
     keys = [j.step_key for j in plan.runnable_jobs() if j.step_key]
-    done = {
-        doc["step_key"]
-        async for doc in services.jobs.store.steps.find(
-            {"step_key": {"$in": keys}, "state": DONE}, {"_id": 0, "step_key": 1}
-        )
-    }
+    done = await services.jobs.finished_steps.done(keys)
     missing = [k for k in keys if k not in done or not services.products.has(k)]
     if missing:
         raise SodaUsageError(

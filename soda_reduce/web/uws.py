@@ -54,6 +54,7 @@ from soda_reduce.web.context import (
     job_request_of,
     job_url,
     owner_of,
+    owns_nothing_yet,
     params_of,
     product_rows,
     public_owner,
@@ -173,7 +174,9 @@ async def create_job(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     job_request, _ = await job_request_of(request)
     check_creation_rate(request)
-    job = await services.jobs.create(owner_of(request), job_request)
+    job = await services.jobs.create(
+        owner_of(request), job_request, new_owner=owns_nothing_yet(request)
+    )
     return _see_other(job_url(request, job.job_id))
 
 

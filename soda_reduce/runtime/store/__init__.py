@@ -81,6 +81,7 @@ __all__ = [
     "open_store",
     "raw_file_document",
     "store_errors",
+    "url_hosts",
 ]
 
 STOP_S = 5.0  # the embedded server's clean shutdown (~0.14 s measured) before SIGKILL
@@ -100,6 +101,18 @@ def where(url: str) -> str:
     """The hosts of a MongoDB URL, without credentials or options (for messages)."""
     rest = url.split("://", 1)[-1]
     return rest.rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0] or url.split("://", 1)[0]
+
+
+def url_hosts(url: str) -> list[tuple[str, int]]:
+    """The hosts of a MongoDB URL as PyMongo parses it, without any network (ValueError
+    with the first line of PyMongo's reason if it cannot)."""
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser import parse_uri
+
+    try:
+        return list(parse_uri(url)["nodelist"])
+    except (PyMongoError, ValueError) as exc:
+        raise ValueError(str(exc).splitlines()[0][:200]) from None
 
 
 @asynccontextmanager

@@ -4,8 +4,8 @@ Works the same against MongoDB and the embedded SecantusDB. The shapes of the
 queries follow SecantusDB's costs (measured; listed in the project's docs):
 
 - every secondary index costs ~0.1 ms per inserted document, so a raw file's
-  ``_id`` is its ``file_id`` (unique and looked up for free) and ``path`` has
-  the only other index;
+  ``_id`` is its ``file_id`` (unique and looked up for free), ``path`` has one
+  index and the planner's queries one more (``slots_night``, raw_files.py);
 - reading a document costs ~30 us per 40-keyword header, whatever the
   projection, so a rescan does not read ``raw_files`` at all: it reads the
   *listing* (path -> size, mtime, problem) saved in a few large documents by
@@ -34,49 +34,35 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, WriteConcern
+from pymongo import AsyncMongoClient, IndexModel, ReplaceOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from soda_reduce.reduction.index_model import RawFile
+from soda_reduce.reduction.frame_index import FrameIndexer
+from soda_reduce.reduction.index_model import RawFile, storable_header
 from soda_reduce.runtime.store.errors import typed_errors
+from soda_reduce.runtime.store.raw_files import (
+    RAW_FILE_INDEXES,
+    RAW_FILES,
+    RAW_RULES,
+    RAW_RULES_INDEXES,
+    RawRules,
+    StoreFrames,
+    SyncClients,
+    widen_rules,
+)
 from soda_reduce.runtime.store.supervision import StoreHealth
 
-RAW_FILES = "raw_files"
 RAW_LISTING = "raw_listing"  # the "state" document and the saved listing's parts
 JOBS = "jobs"
 STEPS = "steps"
 PRODUCTS = "products"
 
 INDEXES: dict[str, list[IndexModel]] = {
-    RAW_FILES: [  # _id is the file_id: unique without another index
-        IndexModel([("path", ASCENDING)], unique=True, name="path_unique"),
-    ],
-    JOBS: [
-        IndexModel([("job_id", ASCENDING)], unique=True, name="job_id_unique"),
-        IndexModel([("owner", ASCENDING), ("creation_time", DESCENDING)], name="owner_created"),
-        IndexModel([("owner", ASCENDING), ("phase", ASCENDING)], name="owner_phase"),
-        IndexModel([("phase", ASCENDING)], name="phase"),
-        # the sweeper's queries (runtime/sweep_queries.py), one index each
-        IndexModel([("destruction", ASCENDING)], name="destruction"),
-        IndexModel(
-            [("phase", ASCENDING), ("published", ASCENDING), ("queued_time", ASCENDING)],
-            name="phase_published_queued",
-        ),
-        IndexModel(
-            [("phase", ASCENDING), ("published", ASCENDING), ("published_time", ASCENDING)],
-            name="phase_published_sent",
-        ),
-        IndexModel([("phase", ASCENDING), ("lease_until", ASCENDING)], name="phase_lease"),
-    ],
-    STEPS: [IndexModel([("step_key", ASCENDING)], unique=True, name="step_key_unique")],
-    PRODUCTS: [
-        IndexModel([("product_id", ASCENDING)], unique=True, name="product_id_unique"),
-        IndexModel([("step_key", ASCENDING)], name="step_key"),
-        # a raw file's page lists what was made from it (multikey: every input's file_id)
-        IndexModel([("inputs.file_id", ASCENDING)], name="input_file"),
-    ],
+    RAW_FILES: RAW_FILE_INDEXES,  # the planner's queries: runtime/store/raw_files.py
+    RAW_RULES: RAW_RULES_INDEXES,
+    # jobs, steps, products: their owners declare them (runtime/collection_owners.py)
 }
 
 DEFAULT_TIMEOUT_S = 2.0  # server selection: how long a call waits for an unreachable store
@@ -85,7 +71,6 @@ LISTING_PART = 5_000  # listing entries per document
 MATCH_CHUNK = 10_000  # aggregate $match $in values per query (linear; keeps commands small)
 WRITE_BATCH = 1000
 DUPLICATE_KEY = 11000
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _STATE_ID = "state"
 VERSION_STEPS = 2  # raw-file version steps per index write (before and after it)
 _SCAN = [{"$project": {"_id": 0, "path": 1, "size": 1, "mtime_ns": 1, "problem": 1}}]
@@ -123,10 +108,7 @@ def raw_file_document(raw: RawFile) -> dict[str, Any]:
     BSON cannot hold integers beyond 64 bits: such header values become strings.
     """
     doc = {"_id": raw.file_id, **raw.to_dict()}
-    header = doc["header"]
-    for key, value in header.items():
-        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-            header[key] = str(value)
+    doc["header"] = storable_header(doc["header"])
     return doc
 
 
@@ -134,11 +116,20 @@ class Store:
     """The service's database: collections, indexes, and the raw-file index API."""
 
     def __init__(
-        self, client: AsyncMongoClient, database: str, *, owns_client: bool = False
+        self,
+        client: AsyncMongoClient,
+        database: str,
+        *,
+        owns_client: bool = False,
+        url: str | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.db: AsyncDatabase = client[database]
         self._owns_client = owns_client
+        # the planner's threads read raw_files with a synchronous client (raw_files.py)
+        self.sync = SyncClients(url, client_options or {})
+        self.rules = RawRules(self.db)  # the rules the stored files were classified with
         # jobs are acknowledged to clients: journaled, so a crash of the store keeps them
         self._jobs = self.db.get_collection(JOBS, write_concern=WriteConcern(j=True))
         self.health = StoreHealth()  # kept up to date by the embedded store's supervisor
@@ -161,7 +152,11 @@ class Store:
         if "serverselectiontimeoutms" not in url.lower():
             options["serverSelectionTimeoutMS"] = int(timeout_s * 1000)
         options.update(client_options)
-        return cls(AsyncMongoClient(url, **options), database, owns_client=True)
+        client = AsyncMongoClient(url, **options)
+        return cls(client, database, owns_client=True, url=url, client_options=options)
+
+    # the collections, for their owners only (runtime/collection_owners.py; tests arrange
+    # documents through them too)
 
     @property
     def raw_files(self) -> AsyncCollection:
@@ -180,8 +175,11 @@ class Store:
         return self.db[PRODUCTS]
 
     async def ensure_indexes(self) -> None:
-        """Create every index; safe to call at each start."""
-        for name, models in INDEXES.items():
+        """Create every index, the store's and its collections' owners'; safe at each start."""
+        # the owners import this module: their indexes are read when first needed
+        from soda_reduce.runtime.collection_owners import OWNED_INDEXES
+
+        for name, models in {**INDEXES, **OWNED_INDEXES}.items():
             await self.db[name].create_indexes(models)
 
     @typed_errors
@@ -193,6 +191,7 @@ class Store:
         await self.client.drop_database(self.db.name)
 
     async def close(self) -> None:
+        self.sync.close()
         if self._owns_client:
             await self.client.close()
 
@@ -319,6 +318,7 @@ class Store:
             return
         await self._bump_version()
         try:
+            await widen_rules(self.db, files)  # before the files: it must cover them
             await self._upsert(files)
         finally:
             await self._bump_version()
@@ -390,21 +390,19 @@ class Store:
         return sorted((p, s.problem) for p, s in listing.files.items() if s.problem is not None)
 
     @typed_errors
-    async def products_made_from(self, file_id: str, limit: int) -> list[dict[str, Any]]:
-        """Registered products whose step read ``file_id`` (``input_file`` index), at most
-        ``limit``; ``role`` says how the step used it (main, associated) in place of the
-        step's whole input list."""
-        cursor = self.products.find({"inputs.file_id": file_id}, {"_id": 0}).limit(limit)
-        found = []
-        async for doc in cursor:
-            inputs = doc.pop("inputs", None) or []
-            doc["role"] = next((i.get("role") for i in inputs if i.get("file_id") == file_id), "")
-            found.append(doc)
-        return found
-
-    @typed_errors
     async def count_raw_files(self) -> int:
         return await self.raw_files.count_documents({})
+
+    def frame_source(self, pipeline: str, indexer: FrameIndexer) -> StoreFrames:
+        """The planner's frame source over one pipeline's files (synchronous: call it and
+        plan in a worker thread)."""
+        db = self.sync.client()[self.db.name]
+        return StoreFrames(db[RAW_FILES], db[RAW_RULES], pipeline, indexer)
+
+    @typed_errors
+    async def raw_files_where(self, filter_: Mapping[str, Any]) -> list[RawFile]:
+        """The files of one query of the ``slots_night`` index (re-classification)."""
+        return [RawFile.from_dict(doc) async for doc in self.raw_files.find(filter_)]
 
 
 def _duplicates(exc: BulkWriteError) -> list[dict[str, Any]]:
