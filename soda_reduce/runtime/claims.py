@@ -72,11 +72,18 @@ class Annotator:
         return replace(claimed, classified=indexer.classify(claimed))
 
 
-async def reannotate_all(store: Store, annotator: Annotator, skip: set[str]) -> tuple[int, int]:
+async def reannotate_all(
+    store: Store, annotator: Annotator, skip: set[str], stored_others: bool = True
+) -> tuple[int, int]:
     """Re-annotate every stored file when what the pipelines claim or the overrides changed
-    (the whole index is read: rare); (files changed, writes made)."""
+    (the whole index is read: rare); (files changed, writes made). ``stored_others`` False
+    says every stored file is in ``skip`` (just annotated): only the fingerprint is saved."""
     fingerprint = annotator.fingerprint()
     if await store.annotations_fingerprint() == fingerprint:
+        return 0, 0
+    if not stored_others:
+        await store.save_annotations_fingerprint(fingerprint)
+        await store.rules.forget(list(annotator.indexers))
         return 0, 0
     files = [raw for raw in await store.all_raw_files() if raw.path not in skip]
     changed = await asyncio.to_thread(

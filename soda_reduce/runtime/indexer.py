@@ -150,7 +150,12 @@ async def index_archive(
     states, writes = await _read_and_store(
         store, root, to_read, authority, checksum_mode, progress, annotator, changed
     )
-    reannotated, annotate_writes = await reannotate_all(store, annotator, skip=set(states))
+    # files kept from before the scan were annotated with an older fingerprint, maybe;
+    # when every indexed file was just read (a first scan), none needs reading back
+    kept_before = any(rel not in states for rel in indexed if rel in on_disk or rel in kept)
+    reannotated, annotate_writes = await reannotate_all(
+        store, annotator, skip=set(states), stored_others=kept_before
+    )
     reclassified, reclassify_writes = await reclassify_stale(store, annotator)
     writes += annotate_writes + reclassify_writes
     if gone:
